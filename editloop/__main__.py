@@ -1,0 +1,3 @@
+from editloop.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The completion engine shared by every transport (built in the server issue)."""

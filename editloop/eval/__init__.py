@@ -1,0 +1,1 @@
+"""Measurement: held-out FIM line metrics now; replay harness and HumanEval infilling later."""

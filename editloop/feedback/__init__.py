@@ -1,0 +1,1 @@
+"""Feedback log on Redis streams (feedback issue)."""

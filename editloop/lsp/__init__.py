@@ -1,0 +1,1 @@
+"""LSP server: inline completions and edit tracking (LSP issue)."""

@@ -1,0 +1,1 @@
+"""Models: starter model, GGUF export, versioned registry, llama.cpp backend."""

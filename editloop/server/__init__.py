@@ -1,0 +1,1 @@
+"""HTTP server: native, llama.cpp, OpenAI and Tabby dialects over one engine (server issue)."""

@@ -1,0 +1,1 @@
+"""Trainer: datasets, rewards, sandbox, SFT, GRPO, gate, cycle, worker (trainer issue)."""
