@@ -1,0 +1,99 @@
+"""Single-line FIM on held-out files: the model against trivial baselines.
+
+A task puts the cursor after a line's indentation with the rest of the file as suffix, as
+an editor would on a fresh line; the answer is the rest of that line. The model runs
+through llama.cpp on the GGUF that is actually served. Baselines: "empty" (suggest
+nothing) and "repeat the previous line" (its text after indentation).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from editloop.models.corpus import SourceFile
+from editloop.models.fim import FimTemplate, fim_token_ids
+
+MIN_TARGET_CHARS = 3
+MAX_NEW_TOKENS = 48
+
+
+@dataclass(frozen=True)
+class LineTask:
+    path: str
+    prefix: str
+    suffix: str
+    target: str
+    previous_line: str
+
+
+def line_tasks(files: list[SourceFile], n: int, seed: int = 0) -> list[LineTask]:
+    """``n`` tasks spread over ``files``: non-blank lines of at least three characters."""
+    candidates = [
+        (f, i)
+        for f in files
+        for i, line in enumerate(f.text.split("\n"))
+        if len(line.strip()) >= MIN_TARGET_CHARS and i > 0
+    ]
+    if not candidates:
+        return []
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(candidates), size=min(n, len(candidates)), replace=False)
+    return [_task(*candidates[i]) for i in sorted(picks)]
+
+
+def _task(file: SourceFile, index: int) -> LineTask:
+    lines = file.text.split("\n")
+    line = lines[index]
+    indent = line[: len(line) - len(line.lstrip())]
+    previous = next((p.strip() for p in reversed(lines[:index]) if p.strip()), "")
+    return LineTask(
+        path=file.path,
+        prefix="\n".join([*lines[:index], indent]),
+        suffix="\n" + "\n".join(lines[index + 1 :]),
+        target=line.strip(),
+        previous_line=previous,
+    )
+
+
+def score(predictions: list[str], tasks: list[LineTask]) -> dict[str, float]:
+    exact = [p.strip() == t.target for p, t in zip(predictions, tasks, strict=True)]
+    similarity = [
+        Levenshtein.normalized_similarity(p.strip(), t.target)
+        for p, t in zip(predictions, tasks, strict=True)
+    ]
+    return {"exact_match": float(np.mean(exact)), "edit_similarity": float(np.mean(similarity))}
+
+
+def evaluate_lines(gguf: Path, template: FimTemplate, tasks: list[LineTask], threads: int = 2) -> dict:
+    """Exact match and edit similarity for the model and both baselines on the same tasks."""
+    predictions = _generate(gguf, template, tasks, threads)
+    return {
+        "tasks": len(tasks),
+        "model": score(predictions, tasks),
+        "repeat_previous_line": score([t.previous_line for t in tasks], tasks),
+        "empty": score(["" for _ in tasks], tasks),
+    }
+
+
+def _generate(gguf: Path, template: FimTemplate, tasks: list[LineTask], threads: int) -> list[str]:
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf), n_ctx=0, n_threads=threads, verbose=False)  # n_ctx=0: the model's trained context
+    try:
+        specials = tuple(
+            llm.tokenize(t.encode(), add_bos=False, special=True)[0]
+            for t in (template.prefix, template.suffix, template.middle)
+        )
+        budget = llm.n_ctx() - MAX_NEW_TOKENS - 3
+        outputs = []
+        for task in tasks:
+            pre = llm.tokenize(task.prefix.encode(), add_bos=False, special=False)
+            suf = llm.tokenize(task.suffix.encode(), add_bos=False, special=False)
+            prompt = fim_token_ids(pre, suf, specials, budget)
+            out = llm.create_completion(prompt, max_tokens=MAX_NEW_TOKENS, temperature=0.0, stop=["\n"])
+            outputs.append(out["choices"][0]["text"].split("\n")[0])
+        return outputs
+    finally:
+        llm.close()

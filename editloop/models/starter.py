@@ -1,0 +1,217 @@
+"""Train the starter model: a small Llama-architecture causal LM with a FIM objective.
+
+A plain PyTorch loop (AdamW, warmup then cosine) rather than a Trainer: the run must be
+resumable to the bit, time-budgeted, and cheap on two CPU cores.
+"""
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from editloop.models.corpus import SourceFile
+from editloop.models.samples import SampleBuilder
+from editloop.models.tokenizer import save_hf_tokenizer
+
+WARMUP_STEPS = 20
+CALIBRATION_STEPS = 5  # steps timed to turn --minutes into a step count; all within warmup
+VAL_BATCHES = 8
+
+
+@dataclass(frozen=True)
+class StarterSize:
+    name: str
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    seq_len: int
+    max_positions: int
+    batch_size: int
+    lr: float
+    steps: int | None  # a fixed step count, or None to use ``minutes``
+    minutes: float
+    max_corpus_bytes: int | None
+    eval_lines: int
+
+    def llama_config(self, eos_id: int, pad_id: int) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            max_position_embeddings=self.max_positions,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+        )
+
+
+SIZES = {
+    "tiny": StarterSize("tiny", 512, 64, 2, 4, 2, 192, 128, 256, 8, 3e-3, 60, 0.5, 1_500_000, 40),
+    "small": StarterSize("small", 4096, 256, 6, 8, 4, 768, 512, 512, 6, 2e-3, 720, 14.0, None, 300),
+    "base": StarterSize("base", 8192, 512, 8, 8, 4, 1536, 1024, 2048, 8, 1e-3, None, 120.0, None, 500),
+}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    train_loss: float
+    val_loss: float
+    params: int
+
+
+StepHook = Callable[[int, int, float, float], None]  # step, total steps, loss, tokens/s
+
+
+class StarterTrainer:
+    """One training run in ``work_dir``; picks up its checkpoint there if one exists."""
+
+    def __init__(
+        self,
+        size: StarterSize,
+        tokenizer: Tokenizer,
+        train: list[SourceFile],
+        heldout: list[SourceFile],
+        work_dir: Path,
+        seed: int,
+    ) -> None:
+        self.size, self.tokenizer, self.work_dir, self.seed = size, tokenizer, work_dir, seed
+        self.eos_id = tokenizer.token_to_id("<|endoftext|>")
+        self.pad_id = tokenizer.token_to_id("<|fim_pad|>")
+        self.train_samples = SampleBuilder(train, tokenizer, size.seq_len, seed)
+        self.val_samples = SampleBuilder(heldout, tokenizer, size.seq_len, seed + 1)
+        torch.manual_seed(seed)
+        self.model = LlamaForCausalLM(size.llama_config(self.eos_id, self.pad_id))
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=size.lr, betas=(0.9, 0.95), weight_decay=0.1
+        )
+        self.step, self.total_steps, self.tokens, self.seconds = 0, size.steps, 0, 0.0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoint"
+
+    def lr_at(self, step: int) -> float:
+        if step < WARMUP_STEPS:
+            return self.size.lr * (step + 1) / WARMUP_STEPS
+        total = self.total_steps or WARMUP_STEPS + 1
+        progress = min(1.0, (step - WARMUP_STEPS) / max(1, total - WARMUP_STEPS))
+        return self.size.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def run(self, minutes: float | None = None, on_step: StepHook | None = None) -> TrainResult:
+        """Train to the step count (or time budget); Ctrl-C saves a checkpoint before leaving."""
+        self._resume()
+        budget_s = 60 * (minutes if minutes is not None else self.size.minutes)
+        loss = float("nan")
+        try:
+            while self.total_steps is None or self.step < self.total_steps:
+                started = time.perf_counter()
+                loss = self._train_step()
+                self.seconds += time.perf_counter() - started
+                self.step += 1
+                if self.total_steps is None and self.step == CALIBRATION_STEPS:
+                    self.total_steps = max(WARMUP_STEPS + 1, int(budget_s / (self.seconds / self.step)))
+                if self.step % 100 == 0:
+                    self.save_checkpoint()
+                if on_step:
+                    on_step(self.step, self.total_steps or 0, loss, self.tokens / self.seconds)
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            raise
+        self.save_checkpoint()
+        return TrainResult(
+            self.step,
+            self.tokens,
+            self.seconds,
+            self.tokens / max(self.seconds, 1e-9),
+            loss,
+            self.validation_loss(),
+            sum(p.numel() for p in self.model.parameters()),
+        )
+
+    def _train_step(self) -> float:
+        self.model.train()
+        input_ids, labels = self.train_samples.batch(self.step, self.size.batch_size, self.pad_id)
+        input_ids, labels = torch.from_numpy(input_ids), torch.from_numpy(labels)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        out = self.model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.tokens += int((labels != -100).sum())
+        return float(out.loss.detach())
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean token loss on a fixed set of held-out sequences (the same every call)."""
+        self.model.eval()
+        losses = []
+        for i in range(VAL_BATCHES):
+            input_ids, labels = self.val_samples.batch(i, self.size.batch_size, self.pad_id)
+            labels_t = torch.from_numpy(labels)
+            out = self.model(
+                input_ids=torch.from_numpy(input_ids),
+                attention_mask=(labels_t != -100).long(),
+                labels=labels_t,
+            )
+            losses.append(float(out.loss))
+        return sum(losses) / len(losses)
+
+    def save_checkpoint(self) -> None:
+        tmp = self.work_dir / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp / "state.pt"
+        )
+        state = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "size": asdict(self.size),
+            "seed": self.seed,
+        }
+        (tmp / "progress.json").write_text(json.dumps(state))
+        # Swap directories so a crash mid-save leaves the previous checkpoint whole.
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        tmp.rename(self.checkpoint_dir)
+
+    def _resume(self) -> None:
+        progress_file = self.checkpoint_dir / "progress.json"
+        if not progress_file.exists():
+            return
+        state = json.loads(progress_file.read_text())
+        if state["size"] != asdict(self.size) or state["seed"] != self.seed:
+            return
+        tensors = torch.load(self.checkpoint_dir / "state.pt", weights_only=True)
+        self.model.load_state_dict(tensors["model"])
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.step, self.total_steps = state["step"], state["total_steps"]
+        self.tokens, self.seconds = state["tokens"], state["seconds"]
+
+    def save_hf(self, out_dir: Path) -> None:
+        """The trained model as a transformers checkpoint with its tokenizer, ready for export."""
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        save_hf_tokenizer(self.tokenizer, out_dir)
