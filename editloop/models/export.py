@@ -1,0 +1,263 @@
+"""HF checkpoint (optionally + a LoRA adapter) → GGUF f16, Q8_0, Q4_K_M, verified before return.
+
+Written with the ``gguf`` package rather than llama.cpp's converter script: the script is
+not installable and refuses BPE pre-tokenizers it has not hashed. Quantization runs
+in-process through llama-cpp-python. Verification is in :mod:`editloop.models.parity`.
+"""
+
+import ctypes
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from editloop.errors import ExportError, ModelError
+from editloop.models.fim import FimTemplate, detect_template
+
+log = logging.getLogger(__name__)
+
+# llama.cpp file types (enum llama_ftype) for the quantizations editloop publishes.
+QUANT_FTYPES = {"q8_0": 7, "q4_k_m": 15}
+K_QUANT_BLOCK = 256
+QWEN2_PRETOKENIZER_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    gguf_name: str
+    permute_qk: bool  # llama.cpp's llama arch wants q/k rows in its interleaved rope layout
+
+
+ARCHS = {
+    "LlamaForCausalLM": ArchSpec("llama", permute_qk=True),
+    "Qwen2ForCausalLM": ArchSpec("qwen2", permute_qk=False),
+}
+
+
+@dataclass
+class ExportResult:
+    files: dict[str, Path]  # quant name → GGUF path
+    arch: str
+    fim: FimTemplate
+    skipped: dict[str, str] = field(default_factory=dict)  # quant name → why it was not written
+
+
+def load_hf(hf_dir: Path, adapter_dir: Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model in fp32 with any LoRA adapter merged in, and its tokenizer."""
+    if not (hf_dir / "config.json").is_file():
+        raise ModelError(f"{hf_dir} is not a transformers checkpoint (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+        # An adapter saved with its own tokenizer (added tokens) wins over the base one.
+        has_own = adapter_dir is not None and (adapter_dir / "tokenizer.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir if has_own else hf_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the checkpoint in {hf_dir}: {exc}") from exc
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model.eval(), tokenizer
+
+
+def write_gguf(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path
+) -> tuple[str, FimTemplate]:
+    """Write ``model`` as an f16 GGUF with its tokenizer and FIM metadata."""
+    import gguf
+
+    arch_name = model.config.architectures[0] if model.config.architectures else type(model).__name__
+    spec = ARCHS.get(arch_name)
+    if spec is None:
+        raise ExportError(f"cannot export {arch_name}: supported architectures are {', '.join(ARCHS)}")
+    vocab = _vocab(tokenizer, model.config.vocab_size)
+    template = detect_template(vocab.tokens, source=f"tokenizer of {arch_name}")
+    writer = gguf.GGUFWriter(str(path), spec.gguf_name)
+    _write_hparams(writer, model.config, spec)
+    _write_tokenizer(writer, tokenizer, vocab, template)
+    _write_tensors(writer, model, spec)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return spec.gguf_name, template
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int) -> None:
+    import llama_cpp
+
+    # llama.cpp logs every tensor it converts; keep only its errors.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_FTYPES[quant]
+    params.nthread = threads
+    status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if status != 0 or not dst.is_file():
+        raise ExportError(f"llama.cpp failed to quantize {src.name} to {quant} (status {status})")
+
+
+def k_quant_blocker(model: PreTrainedModel) -> str | None:
+    """Why K-quants cannot apply (a weight row not a multiple of 256), or None."""
+    for name, tensor in model.state_dict().items():
+        if tensor.ndim == 2 and tensor.shape[1] % K_QUANT_BLOCK:
+            return f"{name} rows have {tensor.shape[1]} values, not a multiple of {K_QUANT_BLOCK}"
+    return None
+
+
+def export_gguf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    quants: tuple[str, ...] = ("f16", "q8_0", "q4_k_m"),
+    threads: int = 2,
+) -> ExportResult:
+    """Write every requested quant into ``out_dir`` (f16 first; the others derive from it)."""
+    f16 = out_dir / "model-f16.gguf"
+    arch, template = write_gguf(model, tokenizer, f16)
+    result = ExportResult(files={"f16": f16}, arch=arch, fim=template)
+    for quant in quants:
+        if quant == "f16":
+            continue
+        if quant not in QUANT_FTYPES:
+            raise ExportError(f"unknown quantization {quant!r}; choose from f16, {', '.join(QUANT_FTYPES)}")
+        blocker = k_quant_blocker(model) if quant.startswith("q4_k") else None
+        if blocker:
+            result.skipped[quant] = blocker
+            continue
+        dst = out_dir / f"model-{quant}.gguf"
+        quantize(f16, dst, quant, threads)
+        result.files[quant] = dst
+    if "f16" not in quants:
+        f16.unlink()
+        del result.files["f16"]
+    return result
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]
+    types: list[int]
+    special_ids: dict[str, int]
+
+
+def _vocab(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Vocab:
+    import gguf
+
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = {t.content: t.special for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = by_id.get(i)
+        if token is None:
+            # Real checkpoints pad the embedding past the tokenizer (Qwen2.5: 151936 rows); mark those unused.
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif token in added:
+            tokens.append(token)
+            types.append(gguf.TokenType.CONTROL if added[token] else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(token)
+            types.append(gguf.TokenType.NORMAL)
+    return Vocab(tokens, types, {t: i for i, t in enumerate(tokens) if t in added})
+
+
+def _pretokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    if pre.get("type") == "Sequence":
+        patterns = [
+            p.get("pattern", {}).get("Regex") for p in pre.get("pretokenizers", []) if p["type"] == "Split"
+        ]
+        if patterns == [QWEN2_PRETOKENIZER_REGEX]:
+            return "qwen2"
+    raise ExportError(
+        "the tokenizer's pre-tokenizer is neither GPT-2 byte-level nor Qwen2's; llama.cpp would split "
+        "text differently from the model, so editloop will not export it"
+    )
+
+
+def _merges(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec["model"].get("type") != "BPE":
+        raise ExportError(f"only BPE tokenizers export to GGUF here, not {spec['model'].get('type')}")
+    return [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+
+
+def _write_tokenizer(writer, tokenizer, vocab: Vocab, template: FimTemplate) -> None:
+    import gguf
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pretokenizer_name(tokenizer))
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    writer.add_token_merges(_merges(tokenizer))
+    ids = vocab.special_ids
+    eos = template.eos[0]
+    writer.add_eos_token_id(ids[eos])
+    writer.add_bos_token_id(ids[eos])
+    writer.add_add_bos_token(False)
+    writer.add_pad_token_id(ids[template.pad] if template.pad else ids[eos])
+    # gguf has no add_fim_* helpers; llama.cpp reads these keys to find the FIM tokens.
+    keys = gguf.Keys.Tokenizer
+    fim = {
+        keys.FIM_PRE_ID: template.prefix,
+        keys.FIM_SUF_ID: template.suffix,
+        keys.FIM_MID_ID: template.middle,
+        keys.FIM_PAD_ID: template.pad,
+        keys.FIM_REP_ID: template.repo_name,
+        keys.FIM_SEP_ID: template.file_sep,
+    }
+    for key, token in fim.items():
+        if token:
+            writer.add_uint32(key, ids[token])
+
+
+def _write_hparams(writer, config, spec: ArchSpec) -> None:
+    import gguf
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+
+
+def _write_tensors(writer, model: PreTrainedModel, spec: ArchSpec) -> None:
+    import gguf
+
+    config = model.config
+    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[spec.gguf_name]
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # llama.cpp reuses token_embd when output.weight is absent
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ExportError(f"no GGUF name for tensor {hf_name}")
+        data = tensor.detach().float().numpy()
+        if spec.permute_qk and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config.num_attention_heads if "q_proj" in hf_name else config.num_key_value_heads
+            data = _permute_rope(data, heads)
+        # Norms and biases stay f32 (llama.cpp expects that); matrices go to f16.
+        writer.add_tensor(name, data.astype(np.float16 if data.ndim == 2 else np.float32))
+
+
+def _permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
+    rows, cols = w.shape
+    return w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)

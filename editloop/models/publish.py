@@ -1,0 +1,69 @@
+"""Export a checkpoint to verified GGUF files and publish it as a registry version.
+
+Used by ``editloop models export`` now and by retrain cycles later: a failed export or
+verification raises before ``publish``, and the staging directory is discarded.
+"""
+
+import shutil
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editloop.models.export import ExportResult, export_gguf, load_hf
+from editloop.models.parity import default_inputs, verify_export
+from editloop.models.registry import ModelVersion, Registry
+from editloop.settings import Settings
+
+DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
+
+
+def export_verified(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    quants: tuple[str, ...] = DEFAULT_QUANTS,
+    threads: int = 2,
+) -> tuple[ExportResult, dict]:
+    """GGUF files in ``out_dir`` and the figures of their verification (raises if it fails)."""
+    exported = export_gguf(model, tokenizer, out_dir, quants, threads)
+    checks = verify_export(model, tokenizer, exported.fim, exported.files, default_inputs(), threads)
+    checks["skipped_quants"] = exported.skipped
+    return exported, checks
+
+
+def publish_checkpoint(
+    settings: Settings,
+    hf_dir: Path,
+    *,
+    adapter_dir: Path | None = None,
+    parent: str | None = None,
+    activate: bool = False,
+    threads: int = 2,
+) -> ModelVersion:
+    """A new version holding the checkpoint (merged with its adapter) and its verified GGUF files."""
+    model, tokenizer = load_hf(hf_dir, adapter_dir)
+    registry = Registry(settings.models_dir)
+    if parent is not None:
+        registry.get(parent)  # fail before the slow part if the parent is unknown
+    with registry.stage() as staging:
+        exported, checks = export_verified(model, tokenizer, staging, threads=threads)
+        model.save_pretrained(staging / "hf", safe_serialization=True)
+        tokenizer.save_pretrained(staging / "hf")
+        if adapter_dir is not None:
+            shutil.copytree(adapter_dir, staging / "adapter")
+        version = registry.publish(
+            staging,
+            kind="export",
+            fim=exported.fim,
+            arch=exported.arch,
+            parent=parent,
+            gguf={q: p.name for q, p in exported.files.items()},
+            hf_dir="hf",
+            tokenizer="hf/tokenizer.json",
+            adapter_dir="adapter" if adapter_dir is not None else None,
+            training_data={"hf_dir": str(hf_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None},
+            checks=checks,
+        )
+    if activate:
+        registry.activate(version.name)
+    return version
