@@ -1,0 +1,471 @@
+"""Versioned model artifacts and the one pointer that says which version serves.
+
+Layout under the registry root (``Settings.models_dir``)::
+
+    versions/v1/        GGUF files, optional hf/ and adapter/, manifest.json (sha256 of every file)
+    versions/v2/
+    .staging/<random>/  a version being assembled; renamed into versions/ when published
+    current.json        {"version": "v2", "previous": ["v1"]}
+    .lock               flock held while publishing, activating or rolling back
+
+A version appears in ``versions/`` by one ``rename`` and becomes current by one ``replace`` of
+``current.json``, so a process killed at any point leaves either the old state or the new one.
+Versions are immutable once published; a version is verified against its manifest before it is
+activated, so a damaged file is refused while the old model keeps serving.
+
+>>> registry = Registry(settings.models_dir)
+>>> with registry.stage() as staging:
+...     write_gguf(staging / "model-q8_0.gguf")
+...     version = registry.publish(staging, kind="retrain", fim=QWEN, gguf={"q8_0": "model-q8_0.gguf"})
+>>> registry.activate(version.name)
+"""
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gguf
+from pydantic import BaseModel, ValidationError
+
+from editloop.errors import CorruptVersionError, ModelError, RegistryError, UnknownVersionError
+from editloop.models.fim import FimTemplate, detect_template
+
+KINDS = ("starter", "import", "export", "retrain")
+MANIFEST = "manifest.json"
+CURRENT_ALIAS = "current"
+# Preferred when a caller asks for "the" GGUF: q8_0 is near-lossless at half the size of f16.
+PREFERRED_QUANTS = ("q8_0", "f16")
+_VERSION_NAME = re.compile(r"v([1-9][0-9]*)")
+_NO_MODEL_HINT = "run `editloop bootstrap-model` or `editloop models import GGUF`"
+
+
+class Manifest(BaseModel):
+    """What a version is and the sha256 of every file it holds; stored as ``manifest.json``."""
+
+    version: str
+    created_at: str
+    parent: str | None = None
+    kind: str
+    arch: str | None = None
+    fim: FimTemplate
+    gguf: dict[str, str]
+    hf_dir: str | None = None
+    adapter_dir: str | None = None
+    tokenizer: str | None = None
+    training_data: dict = {}
+    metrics: dict = {}
+    checks: dict = {}
+    files: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version: its directory and manifest."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+
+    def gguf_path(self, quant: str | None = None) -> Path:
+        """The GGUF for ``quant``, or the preferred one (q8_0, then f16, then any) when None."""
+        available = self.manifest.gguf
+        if quant is None:
+            quant = next((q for q in PREFERRED_QUANTS if q in available), min(available, default=None))
+        if quant is None or quant not in available:
+            have = ", ".join(sorted(available)) or "none"
+            wanted = f"{quant} GGUF file" if quant else "GGUF file"
+            raise ModelError(f"version {self.name} has no {wanted} (it has: {have})")
+        return self.path / available[quant]
+
+    def hf_path(self) -> Path | None:
+        return self.path / self.manifest.hf_dir if self.manifest.hf_dir else None
+
+    def tokenizer_path(self) -> Path | None:
+        return self.path / self.manifest.tokenizer if self.manifest.tokenizer else None
+
+
+class _Pointer(BaseModel):
+    version: str
+    previous: list[str] = []
+
+
+class Registry:
+    """The versions under ``root`` and the pointer to the current one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.staging_dir = self.root / ".staging"
+        self.pointer_file = self.root / "current.json"
+
+    @contextmanager
+    def stage(self) -> Iterator[Path]:
+        """A fresh empty directory to assemble a version in; removed on exit unless published."""
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="stage-", dir=self.staging_dir))
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def publish(
+        self,
+        staging: Path,
+        *,
+        kind: str,
+        fim: FimTemplate,
+        gguf: dict[str, str],
+        arch: str | None = None,
+        parent: str | None = None,
+        hf_dir: str | None = None,
+        adapter_dir: str | None = None,
+        tokenizer: str | None = None,
+        training_data: dict | None = None,
+        metrics: dict | None = None,
+        checks: dict | None = None,
+    ) -> ModelVersion:
+        """Hash and fsync the staged files, then move them into ``versions/`` as the next version.
+
+        Does not activate the new version.
+        """
+        staging = Path(staging)
+        self._check_publishable(staging, kind, gguf, hf_dir, adapter_dir, tokenizer)
+        fields: dict[str, Any] = dict(
+            kind=kind,
+            fim=fim,
+            gguf=gguf,
+            arch=arch,
+            parent=parent,
+            hf_dir=hf_dir,
+            adapter_dir=adapter_dir,
+            tokenizer=tokenizer,
+            training_data=training_data or {},
+            metrics=metrics or {},
+            checks=checks or {},
+            files=_hash_and_sync_tree(staging),
+        )
+        with self._locked():
+            name = self._next_name()
+            manifest = Manifest(version=name, created_at=_utc_now(), **fields)
+            _write_durably(staging / MANIFEST, manifest.model_dump_json(indent=2).encode())
+            _fsync_dir(staging)
+            target = self.versions_dir / name
+            os.rename(staging, target)
+            _fsync_dir(self.versions_dir)
+            _fsync_dir(self.staging_dir)
+        return ModelVersion(name, target, manifest)
+
+    def versions(self) -> list[ModelVersion]:
+        """Every readable version, oldest first; a directory without a valid manifest is skipped."""
+        found = []
+        for name in self._version_names():
+            try:
+                found.append(self.get(name))
+            except CorruptVersionError:
+                continue
+        return found
+
+    def get(self, name: str) -> ModelVersion:
+        """The version called ``name`` (``"current"`` means the active one), without verifying files."""
+        if name == CURRENT_ALIAS:
+            return self._require_pointer_version()
+        path = self.versions_dir / name
+        if not _VERSION_NAME.fullmatch(name) or not path.is_dir():
+            known = ", ".join(self._version_names()) or f"none yet; {_NO_MODEL_HINT}"
+            raise UnknownVersionError(f"no model version {name!r}; known versions: {known}")
+        return ModelVersion(name, path, _read_manifest(path, name))
+
+    def verify(self, name: str) -> ModelVersion:
+        """The version, after checking every file in its manifest exists with the recorded sha256."""
+        version = self.get(name)
+        for rel, expected in version.manifest.files.items():
+            path = version.path / rel
+            if not path.is_file():
+                raise _corrupt(version, f"file {rel} is missing")
+            if _sha256(path) != expected:
+                raise _corrupt(version, f"file {rel} does not match its sha256 in the manifest")
+        return version
+
+    def current(self) -> ModelVersion | None:
+        pointer = self._read_pointer()
+        return self.get(pointer.version) if pointer else None
+
+    def activate(self, name: str) -> ModelVersion:
+        """Verify ``name`` and make it current; the version it replaces heads the rollback stack."""
+        version = self.verify(name)
+        with self._locked():
+            pointer = self._read_pointer()
+            if pointer is None:
+                self._write_pointer(_Pointer(version=version.name))
+            elif pointer.version != version.name:
+                stack = [pointer.version, *pointer.previous]
+                previous = list(dict.fromkeys(v for v in stack if v != version.name))
+                self._write_pointer(_Pointer(version=version.name, previous=previous))
+        return version
+
+    def rollback(self) -> ModelVersion:
+        """Make the previously current version current again (verified first)."""
+        with self._locked():
+            pointer = self._read_pointer()
+            if pointer is None or not pointer.previous:
+                now = f"{pointer.version} is current" if pointer else "no version is current"
+                raise RegistryError(
+                    f"nothing to roll back to: {now} and no earlier version was active; "
+                    "use `editloop models activate VERSION` to pick one"
+                )
+            version = self.verify(pointer.previous[0])
+            self._write_pointer(_Pointer(version=version.name, previous=pointer.previous[1:]))
+        return version
+
+    def load_verified_current(self) -> ModelVersion:
+        """The current version with its files verified; what a server loads at start."""
+        return self.verify(self._require_pointer_version().name)
+
+    def import_gguf(self, gguf_path: Path, hf_dir: Path | None = None) -> ModelVersion:
+        """Publish an existing GGUF (and optionally its HF weights) as a new version; not activated."""
+        gguf_path = Path(gguf_path)
+        arch, quant, tokens = _read_gguf_header(gguf_path)
+        fim = detect_template(tokens, source=gguf_path.name)
+        if hf_dir is not None and not (Path(hf_dir) / "config.json").is_file():
+            raise ModelError(f"{hf_dir} is not a Hugging Face model directory (it has no config.json)")
+        with self.stage() as staging:
+            gguf_name = f"model-{quant}.gguf"
+            shutil.copyfile(gguf_path, staging / gguf_name)
+            tokenizer = None
+            if hf_dir is not None:
+                shutil.copytree(hf_dir, staging / "hf", symlinks=False)
+                tokenizer = "hf/tokenizer.json" if (staging / "hf/tokenizer.json").is_file() else None
+            return self.publish(
+                staging,
+                kind="import",
+                fim=fim,
+                gguf={quant: gguf_name},
+                arch=arch,
+                hf_dir="hf" if hf_dir is not None else None,
+                tokenizer=tokenizer,
+                training_data={"imported_from": str(gguf_path.resolve())},
+            )
+
+    # -- internals -------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _version_names(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        names = [p.name for p in self.versions_dir.iterdir() if _VERSION_NAME.fullmatch(p.name)]
+        return sorted(names, key=_version_number)
+
+    def _next_name(self) -> str:
+        # Counts unreadable directories too, so a broken version's name is never reused.
+        numbers = [_version_number(name) for name in self._version_names()]
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        return f"v{max(numbers, default=0) + 1}"
+
+    def _check_publishable(
+        self,
+        staging: Path,
+        kind: str,
+        gguf: dict[str, str],
+        hf_dir: str | None,
+        adapter_dir: str | None,
+        tokenizer: str | None,
+    ) -> None:
+        if kind not in KINDS:
+            raise RegistryError(f"unknown version kind {kind!r}; use one of: {', '.join(KINDS)}")
+        # rename() is only atomic within one filesystem, hence staging must live under the root.
+        if not staging.is_dir() or staging.resolve().parent != self.staging_dir.resolve():
+            raise RegistryError(
+                f"{staging} is not a staging directory of this registry; use Registry.stage()"
+            )
+        if not gguf:
+            raise RegistryError("a version needs at least one GGUF file")
+        for quant, rel in gguf.items():
+            _require_inside(staging, rel, f"GGUF {quant!r}", want_dir=False)
+        optional = {
+            "hf_dir": (hf_dir, True),
+            "adapter_dir": (adapter_dir, True),
+            "tokenizer": (tokenizer, False),
+        }
+        for label, (rel, want_dir) in optional.items():
+            if rel is not None:
+                _require_inside(staging, rel, label, want_dir=want_dir)
+
+    def _read_pointer(self) -> _Pointer | None:
+        try:
+            return _Pointer.model_validate_json(self.pointer_file.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            raise RegistryError(
+                f"{self.pointer_file} is unreadable ({exc}); "
+                "run `editloop models activate VERSION` to rewrite it"
+            ) from exc
+
+    def _write_pointer(self, pointer: _Pointer) -> None:
+        _write_atomically(self.pointer_file, pointer.model_dump_json(indent=2).encode())
+
+    def _require_pointer_version(self) -> ModelVersion:
+        version = self.current()
+        if version is None:
+            raise RegistryError(f"no model version is active; {_NO_MODEL_HINT}")
+        return version
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def _version_number(name: str) -> int:
+    return int(name[1:])
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _corrupt(version: ModelVersion, problem: str) -> CorruptVersionError:
+    return CorruptVersionError(
+        f"model version {version.name} is corrupt: {problem}; re-publish it or delete {version.path}"
+    )
+
+
+def _read_manifest(path: Path, name: str) -> Manifest:
+    try:
+        manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise CorruptVersionError(
+            f"model version {name} has no readable {MANIFEST} ({exc}); delete {path} or re-publish it"
+        ) from exc
+    referenced = [*manifest.gguf.values(), *filter(None, [manifest.tokenizer])]
+    unlisted = [rel for rel in referenced if rel not in manifest.files]
+    if manifest.version != name or unlisted:
+        raise CorruptVersionError(
+            f"model version {name} has an inconsistent {MANIFEST}; delete {path} or re-publish it"
+        )
+    return manifest
+
+
+def _require_inside(staging: Path, rel: str, label: str, *, want_dir: bool) -> None:
+    path = (staging / rel).resolve()
+    inside = path.is_relative_to(staging.resolve()) and not Path(rel).is_absolute()
+    exists = path.is_dir() if want_dir else path.is_file()
+    if not (inside and exists):
+        what = "directory" if want_dir else "file"
+        raise RegistryError(f"{label} path {rel!r} is not a {what} inside the staging directory")
+
+
+def _hash_and_sync_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` except the manifest, fsyncing files and directories."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            raise RegistryError(f"{path} is a symlink; copy the file into the version instead")
+        if path.is_dir():
+            _fsync_dir(path)
+        elif path.relative_to(root).as_posix() != MANIFEST:
+            files[path.relative_to(root).as_posix()] = _sha256(path, sync=True)
+    return files
+
+
+def _sha256(path: Path, *, sync: bool = False) -> str:
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if sync:
+            os.fsync(f.fileno())
+    return digest
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, even across a crash."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- GGUF ------------------------------------------------------------------------------------
+
+
+def _read_gguf_header(path: Path) -> tuple[str | None, str, list[str]]:
+    """(architecture, quant name, token list) from a GGUF file's metadata."""
+    if not path.is_file():
+        raise ModelError(f"{path} does not exist or is not a file")
+    try:
+        reader = gguf.GGUFReader(path)
+        arch = _gguf_string(reader, "general.architecture")
+        file_type = _gguf_int(reader, "general.file_type")
+        tokens = _gguf_strings(reader, "tokenizer.ggml.tokens")
+        quant = _ftype_name(file_type) if file_type is not None else _dominant_tensor_type(reader)
+    except Exception as exc:
+        raise ModelError(f"not a readable GGUF file: {path} ({exc})") from exc
+    return arch, quant, tokens
+
+
+def _gguf_string(reader: Any, key: str) -> str | None:
+    field = reader.get_field(key)
+    return bytes(field.parts[field.data[0]]).decode() if field else None
+
+
+def _gguf_int(reader: Any, key: str) -> int | None:
+    field = reader.get_field(key)
+    return int(field.parts[field.data[0]][0]) if field else None
+
+
+def _gguf_strings(reader: Any, key: str) -> list[str]:
+    field = reader.get_field(key)
+    return [bytes(field.parts[i]).decode(errors="replace") for i in field.data] if field else []
+
+
+def _ftype_name(file_type: int) -> str:
+    """llama.cpp's name for a ``general.file_type`` value: 7 → "q8_0", 15 → "q4_k_m"."""
+    try:
+        name = gguf.LlamaFileType(file_type).name
+    except ValueError:
+        return f"ftype{file_type}"
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+
+
+def _dominant_tensor_type(reader: Any) -> str:
+    # Old converters omit general.file_type; the commonest tensor type names the quant instead.
+    counts = Counter(t.tensor_type.name.lower() for t in reader.tensors)
+    return counts.most_common(1)[0][0] if counts else "unknown"
