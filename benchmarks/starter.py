@@ -1,0 +1,90 @@
+"""Benchmark the starter pipeline; prints one JSON object.
+
+- training throughput of each starter size (tokens/s over a few steps after one warm-up step),
+  with the ratio against ``tiny`` measured in the same run;
+- llama.cpp prompt and decode speed of the active version's GGUF files, as ratios against f16.
+
+Run: ``make bench`` (uses the active model; builds a tiny one in a temporary home if none).
+"""
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from llama_cpp import Llama
+from tokenizers import Tokenizer
+
+from editloop.models.bootstrap import BootstrapOptions, bootstrap
+from editloop.models.corpus import Corpus, load_corpus
+from editloop.models.registry import ModelVersion, Registry
+from editloop.models.starter import SIZES, StarterTrainer
+from editloop.settings import load_settings
+
+STEPS = 4
+PROMPT_TOKENS, DECODE_TOKENS = 256, 64
+
+
+def training_throughput(tokenizer: Tokenizer, work: Path) -> dict:
+    corpus = load_corpus(["stdlib"], {"python"}, max_bytes=2_000_000)
+    figures = {name: _tokens_per_s(name, tokenizer, corpus, work) for name in ("tiny", "small")}
+    return {"tokens_per_s": figures, "small_vs_tiny": figures["small"] / figures["tiny"]}
+
+
+def _tokens_per_s(name: str, tokenizer: Tokenizer, corpus: Corpus, work: Path) -> float:
+    size = dataclasses.replace(SIZES[name], steps=STEPS + 1, vocab_size=tokenizer.get_vocab_size())
+    trainer = StarterTrainer(size, tokenizer, corpus.train, corpus.heldout, work / name, seed=0)
+    stamps: list[tuple[float, int]] = []
+    trainer.run(on_step=lambda *_: stamps.append((time.perf_counter(), trainer.tokens)))
+    # Timed from the end of the first step: it pays for allocator and thread-pool warm-up.
+    (t0, n0), (t1, n1) = stamps[0], stamps[-1]
+    return (n1 - n0) / (t1 - t0)
+
+
+def llama_speed(version: ModelVersion) -> dict:
+    figures = {}
+    for quant, rel in sorted(version.manifest.gguf.items()):
+        llm = Llama(str(version.path / rel), n_ctx=PROMPT_TOKENS + DECODE_TOKENS + 8, verbose=False)
+        try:
+            prompt = [i % 200 + 10 for i in range(PROMPT_TOKENS)]
+            started = time.perf_counter()
+            llm.eval(prompt)
+            prompt_s = time.perf_counter() - started
+            started = time.perf_counter()
+            for _ in range(DECODE_TOKENS):
+                llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+            decode_s = time.perf_counter() - started
+            figures[quant] = {
+                "prompt_tokens_per_s": PROMPT_TOKENS / prompt_s,
+                "decode_tokens_per_s": DECODE_TOKENS / decode_s,
+            }
+        finally:
+            llm.close()
+    reference = figures.get("f16")
+    if reference:
+        for f in figures.values():
+            f["decode_vs_f16"] = f["decode_tokens_per_s"] / reference["decode_tokens_per_s"]
+    return figures
+
+
+def main() -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings()
+        version = Registry(settings.models_dir).current()
+        if version is None:
+            version = bootstrap(load_settings(home=Path(tmp) / "home"), BootstrapOptions(size="tiny"))
+        tokenizer = Tokenizer.from_file(str(version.tokenizer_path()))
+        report = {
+            "model_version": version.name,
+            "threads": torch.get_num_threads(),
+            "training": training_throughput(tokenizer, Path(tmp)),
+            "llama_cpp": llama_speed(version),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
