@@ -51,3 +51,27 @@ class CorruptVersionError(RegistryError):
 
 class NoFimTokensError(ModelError):
     code = "no_fim_tokens"
+
+
+class BadRequestError(EditloopError):
+    code = "invalid_request"
+
+
+class OverloadedError(EditloopError):
+    """More completions queued than the server takes; the client should retry later."""
+
+    code = "overloaded"
+
+
+class AuthError(EditloopError):
+    code = "unauthorized"
+
+
+class ForbiddenError(EditloopError):
+    code = "forbidden"
+
+
+class BackendError(EditloopError):
+    """A model backend that cannot answer now (a remote server down, timing out or replying nonsense)."""
+
+    code = "backend_unavailable"

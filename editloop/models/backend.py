@@ -1,0 +1,67 @@
+"""The seam between the completion engine and whatever runs the model.
+
+Two implementations: :mod:`editloop.models.llama` (llama.cpp in-process, the default) and
+:mod:`editloop.models.remote` (an OpenAI-compatible ``/v1/completions`` server such as vLLM
+or llama.cpp's on a GPU box). The engine builds token ids; a backend turns them into
+candidates with per-token log-probs.
+"""
+
+import threading
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from editloop.models.fim import FimTemplate
+
+FinishReason = Literal["stop", "length", "cancelled", "deadline"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    n: int = 1
+    max_tokens: int = 64
+    # Candidate 0 is always greedy; the others sample at this temperature (0 → all greedy,
+    # which the backend collapses into one decode).
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    stop: tuple[str, ...] = ()  # a candidate ends at the first of these; the stop string is cut off
+    deadline: float | None = None  # time.monotonic() after which decoding stops ("deadline")
+    cancel: threading.Event | None = None  # set by a newer request or a disconnect ("cancelled")
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # log P(token) under the model's unscaled distribution, one per token
+    finish_reason: FinishReason
+
+
+@dataclass
+class GenerationResult:
+    generations: list[Generation]
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV was reused from the previous request
+    prompt_ms: float
+    decode_ms: float
+    extra: dict = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """A loaded model that completes FIM prompts."""
+
+    version: str  # registry version (or a label for a remote model)
+    fim: FimTemplate
+    n_ctx: int  # the most tokens a prompt plus its completion may hold
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of plain text: special-token names in user code stay plain text."""
+        ...
+
+    def special_id(self, token: str) -> int | None:
+        """The id of a special token such as ``<|fim_prefix|>``, or None if the model lacks it."""
+        ...
+
+    def generate(self, prompt_ids: list[int], params: GenerationParams) -> GenerationResult: ...
+
+    def close(self) -> None: ...
