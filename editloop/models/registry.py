@@ -200,6 +200,14 @@ class Registry:
         pointer = self._read_pointer()
         return self.get(pointer.version) if pointer else None
 
+    def current_name(self) -> str | None:
+        """The name ``current.json`` points at, read cheaply (no manifest, no hashing): for pollers."""
+        try:
+            pointer = self._read_pointer()
+        except RegistryError:
+            return None  # a watcher retries; activation and loading report the error properly
+        return pointer.version if pointer else None
+
     def activate(self, name: str) -> ModelVersion:
         """Verify ``name`` and make it current; the version it replaces heads the rollback stack."""
         version = self.verify(name)

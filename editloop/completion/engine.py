@@ -1,0 +1,209 @@
+"""The completion engine: cursor context in, ranked candidates (or an abstention) out.
+
+Every transport — native HTTP, llama.cpp ``/infill``, OpenAI, Tabby, LSP — calls
+:meth:`CompletionEngine.complete` and only reshapes its result.
+
+>>> engine.complete(CompletionRequest(prefix="def add(a, b):\\n    return ", suffix="\\n"))  # doctest: +SKIP
+"""
+
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from editloop.completion.cache import CompletionCache
+from editloop.completion.postprocess import dedupe, drop_reason, resolve_mode, truncate
+from editloop.completion.prompt import build_prompt
+from editloop.completion.ranker import LogprobRanker, RankContext, Ranker, RankInput, should_abstain
+from editloop.completion.syntax import SyntaxChecker, language_for_path
+from editloop.completion.types import CandidateReport, Choice, CompletionRequest, CompletionResult
+from editloop.models.backend import Generation, GenerationParams
+from editloop.models.manager import ModelManager
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    abstain_threshold: float = 0.05
+    default_max_tokens: int = 64
+    max_candidates: int = 8
+    block_max_tokens: int = 128
+
+
+class CompletionEngine:
+    def __init__(
+        self,
+        models: ModelManager,
+        config: EngineConfig,
+        cache: CompletionCache | None = None,
+        ranker: Ranker | None = None,
+    ) -> None:
+        self.models = models
+        self.config = config
+        self.cache = cache
+        self.ranker = ranker or LogprobRanker()
+        self.syntax = SyntaxChecker()
+        self._documents: dict[str, threading.Event] = {}
+        self._documents_lock = threading.Lock()
+
+    def complete(self, request: CompletionRequest, cancel: threading.Event | None = None) -> CompletionResult:
+        """Rank the request's candidates; ``cancel`` (e.g. a client disconnect) stops decoding."""
+        started = time.perf_counter()
+        language = request.language or language_for_path(request.filepath or "") or "text"
+        mode = resolve_mode(request.mode, request.prefix, request.suffix, language)
+        cancel = self._supersede(request.document_id, cancel or threading.Event())
+        try:
+            with self.models.lease() as backend:
+                cached = self._from_cache(backend.version, language, mode, request, started)
+                if cached is not None:
+                    return cached
+                return self._generate(backend, request, language, mode, cancel, started)
+        finally:
+            self._release(request.document_id, cancel)
+
+    def _generate(
+        self,
+        backend,
+        request: CompletionRequest,
+        language: str,
+        mode: str,
+        cancel: threading.Event,
+        started: float,
+    ) -> CompletionResult:
+        max_tokens = request.max_tokens or (
+            self.config.default_max_tokens if mode == "line" else self.config.block_max_tokens
+        )
+        prompt = build_prompt(
+            backend, request.prefix, request.suffix, request.extra, request.filepath, max_tokens
+        )
+        n = min(request.n, self.config.max_candidates)
+        deadline = time.monotonic() + request.time_budget_ms / 1000 if request.time_budget_ms else None
+        params = GenerationParams(
+            n=n,
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            seed=request.seed,
+            stop=("\n",) if mode == "line" else (),
+            deadline=deadline,
+            cancel=cancel,
+        )
+        generated = backend.generate(prompt.ids, params)
+        post_started = time.perf_counter()
+        reports = self._rank(generated.generations, request, language, mode)
+        choices = _choices(reports, request.n)
+        abstained = should_abstain(choices[0].score if choices else None, self.config.abstain_threshold)
+        if self.cache is not None and choices and not cancel.is_set():
+            self.cache.put(
+                backend.version,
+                language,
+                mode,
+                request.prefix,
+                request.suffix,
+                [(c.text, c.score) for c in choices],
+            )
+        return CompletionResult(
+            id=_new_id(),
+            model_version=backend.version,
+            choices=[] if abstained else choices,
+            abstained=abstained,
+            mode=mode,
+            prompt_tokens=len(prompt.ids),
+            cached_tokens=generated.cached_tokens,
+            truncated=prompt.truncated,
+            candidates=reports,
+            timings={
+                "prompt_ms": generated.prompt_ms,
+                "decode_ms": generated.decode_ms,
+                "postprocess_ms": _ms(post_started),
+                "total_ms": _ms(started),
+            },
+        )
+
+    def _rank(
+        self, generations: list[Generation], request: CompletionRequest, language: str, mode: str
+    ) -> list[CandidateReport]:
+        texts = [truncate(g.text, mode, request.prefix, request.suffix, language) for g in generations]
+        reasons = [drop_reason(t, request.prefix, request.suffix, language) for t in texts]
+        first = set(dedupe(texts))
+        reasons = [r or (None if i in first else "duplicate") for i, r in enumerate(reasons)]
+        kept = [i for i, r in enumerate(reasons) if r is None]
+        valid = {i: self.syntax.check(language, request.prefix, texts[i], request.suffix) for i in kept}
+        logprobs = [_kept_logprobs(g, t) for g, t in zip(generations, texts, strict=True)]
+        inputs = [RankInput(texts[i], logprobs[i], valid[i]) for i in kept]
+        context = RankContext(request.prefix, request.suffix, language, mode)
+        scores = dict(zip(kept, self.ranker.score(context, inputs) if inputs else [], strict=True))
+        return [
+            CandidateReport(
+                text=texts[i],
+                score=scores.get(i),
+                mean_logprob=_mean(logprobs[i]),
+                logprobs=logprobs[i],
+                parse_valid=valid.get(i),
+                dropped=reasons[i],
+                finish_reason=g.finish_reason,
+            )
+            for i, g in enumerate(generations)
+        ]
+
+    def _from_cache(
+        self, version: str, language: str, mode: str, request: CompletionRequest, started: float
+    ) -> CompletionResult | None:
+        if self.cache is None:
+            return None
+        hit = self.cache.get(version, language, mode, request.prefix, request.suffix)
+        if hit is None or not hit.choices:
+            return None
+        choices = [Choice(index=i, text=t, score=s) for i, (t, s) in enumerate(hit.choices[: request.n])]
+        abstained = should_abstain(choices[0].score, self.config.abstain_threshold)
+        return CompletionResult(
+            id=_new_id(),
+            model_version=version,
+            choices=[] if abstained else choices,
+            abstained=abstained,
+            mode=mode,
+            cached=True,
+            timings={"total_ms": _ms(started)},
+        )
+
+    def _supersede(self, document_id: str | None, cancel: threading.Event) -> threading.Event:
+        """Latest wins per document: a newer request cancels the one still running."""
+        if document_id is None:
+            return cancel
+        with self._documents_lock:
+            previous = self._documents.get(document_id)
+            if previous is not None:
+                previous.set()
+            self._documents[document_id] = cancel
+        return cancel
+
+    def _release(self, document_id: str | None, cancel: threading.Event) -> None:
+        if document_id is None:
+            return
+        with self._documents_lock:
+            if self._documents.get(document_id) is cancel:
+                del self._documents[document_id]
+
+
+def _choices(reports: list[CandidateReport], n: int) -> list[Choice]:
+    ranked = sorted((r for r in reports if r.score is not None), key=lambda r: -(r.score or 0.0))
+    return [Choice(index=i, text=r.text, score=round(r.score or 0.0, 6)) for i, r in enumerate(ranked[:n])]
+
+
+def _kept_logprobs(generation: Generation, kept_text: str) -> list[float]:
+    """Log-probs of roughly the tokens that survived truncation (by share of characters)."""
+    if not generation.text or not generation.logprobs:
+        return generation.logprobs
+    share = min(1.0, len(kept_text) / len(generation.text))
+    return generation.logprobs[: max(1, math.ceil(len(generation.logprobs) * share))]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+def _new_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex[:24]}"

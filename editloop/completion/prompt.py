@@ -1,0 +1,80 @@
+"""FIM prompts within a token budget, in the model's own template.
+
+The budget (context minus the decode budget) is split like Continue's: the suffix gets at
+most a fifth, context from other files at most a quarter, and the prefix — what the user
+just wrote — all the rest. With ``<|file_sep|>`` in the vocabulary, other files use the
+repo-level layout Qwen2.5-Coder was trained on::
+
+    <|file_sep|>utils.py\\n{code}<|file_sep|>main.py\\n<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>
+"""
+
+from dataclasses import dataclass
+
+from editloop.completion.types import Snippet
+from editloop.errors import ModelError
+from editloop.models.backend import Backend
+
+SUFFIX_SHARE, EXTRA_SHARE = 0.2, 0.25
+CHARS_PER_TOKEN_MAX = 8  # pre-trim text before tokenizing: no token is longer than this on average
+SPECIAL_MARGIN = 8
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    prefix_tokens: int
+    suffix_tokens: int
+    extra_tokens: int
+    truncated: bool
+
+
+def build_prompt(
+    backend: Backend,
+    prefix: str,
+    suffix: str,
+    extra: list[Snippet],
+    filepath: str | None,
+    max_new_tokens: int,
+) -> Prompt:
+    """Token ids of the FIM prompt; raises :class:`ModelError` if not even a minimal one fits."""
+    budget = backend.n_ctx - max_new_tokens - SPECIAL_MARGIN
+    if budget < 16:
+        raise ModelError(
+            f"max_tokens {max_new_tokens} leaves no room for a prompt in a {backend.n_ctx}-token context"
+        )
+    fim = backend.fim
+    pre_id, suf_id, mid_id = (backend.special_id(t) for t in (fim.prefix, fim.suffix, fim.middle))
+    if pre_id is None or suf_id is None or mid_id is None:
+        raise ModelError(f"model {backend.version} lacks its FIM tokens")
+    suffix_ids = _head(backend, suffix, int(budget * SUFFIX_SHARE))
+    sep_id = backend.special_id(fim.file_sep) if fim.file_sep else None
+    extra_ids = (
+        _extra(backend, extra, filepath, sep_id, int(budget * EXTRA_SHARE)) if sep_id is not None else []
+    )
+    room = budget - len(suffix_ids) - len(extra_ids)
+    prefix_all = backend.tokenize(prefix[-room * CHARS_PER_TOKEN_MAX :]) if prefix and room > 0 else []
+    prefix_ids = prefix_all[len(prefix_all) - room :] if room > 0 else []
+    truncated = len(prefix_ids) < len(prefix_all) or len(prefix) > room * CHARS_PER_TOKEN_MAX
+    ids = [*extra_ids, pre_id, *prefix_ids, suf_id, *suffix_ids, mid_id]
+    return Prompt(ids, len(prefix_ids), len(suffix_ids), len(extra_ids), truncated)
+
+
+def _head(backend: Backend, text: str, limit: int) -> list[int]:
+    if not text or limit <= 0:
+        return []
+    return backend.tokenize(text[: limit * CHARS_PER_TOKEN_MAX])[:limit]
+
+
+def _extra(
+    backend: Backend, snippets: list[Snippet], filepath: str | None, sep_id: int, limit: int
+) -> list[int]:
+    """Other files, most relevant (first) kept whole where possible, then the current file's header."""
+    ids: list[int] = []
+    for snippet in snippets:
+        room = limit - len(ids) - 1
+        if room <= 8:
+            break
+        ids += [sep_id, *_head(backend, f"{snippet.filepath}\n{snippet.text}", room)]
+    if ids and filepath:
+        ids += [sep_id, *backend.tokenize(f"{filepath}\n")]
+    return ids

@@ -1,0 +1,65 @@
+"""What the engine takes and gives: one request shape for every transport."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Mode = Literal["line", "block", "auto"]
+
+
+class Snippet(BaseModel):
+    """Code from another file that may help (an open buffer, a definition, a recent edit)."""
+
+    filepath: str = Field(max_length=1024)
+    text: str
+
+
+class CompletionRequest(BaseModel):
+    prefix: str = Field(description="Text before the cursor.")
+    suffix: str = Field(default="", description="Text after the cursor.")
+    language: str | None = Field(
+        default=None, description="e.g. python, rust; guessed from filepath if unset."
+    )
+    filepath: str | None = Field(default=None, max_length=1024)
+    extra: list[Snippet] = Field(default=[], max_length=32, description="Context from other files.")
+    mode: Mode = Field(default="auto", description="line: rest of the line; block: the indented block.")
+    n: int = Field(default=1, ge=1, le=16, description="Candidates to generate (the best ones are returned).")
+    max_tokens: int | None = Field(default=None, ge=1, le=1024)
+    temperature: float = Field(
+        default=0.7, ge=0, le=2, description="Sampling temperature of candidates 2..n."
+    )
+    time_budget_ms: int | None = Field(default=None, ge=1, le=60_000, description="Stop decoding after this.")
+    document_id: str | None = Field(default=None, description="A newer request for it stops this one.")
+    seed: int = 0
+
+
+class Choice(BaseModel):
+    index: int
+    text: str
+    score: float
+
+
+class CandidateReport(BaseModel):
+    """Why each raw candidate was kept or dropped: debugging and training data."""
+
+    text: str
+    score: float | None
+    mean_logprob: float | None
+    logprobs: list[float] = []  # per token of the kept text
+    parse_valid: bool | None
+    dropped: str | None
+    finish_reason: str
+
+
+class CompletionResult(BaseModel):
+    id: str
+    model_version: str
+    choices: list[Choice]
+    abstained: bool
+    mode: Literal["line", "block"]
+    cached: bool = False
+    timings: dict[str, float]
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    truncated: bool = False  # the prompt did not fit and lost context
+    candidates: list[CandidateReport] = []
