@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh tests/clients/package.json
 	bash scripts/install.sh
 	touch $(STAMP)
 

@@ -6,13 +6,14 @@ stderr and exit status 1, so scripts and people both get a clear answer.
 
 import logging
 import sys
+from typing import Annotated
 
 import typer
 
 from editloop.errors import EditloopError
 from editloop.models.cli import bootstrap_model, eval_lines, export_model
 from editloop.models.registry_cli import app as models_app
-from editloop.settings import load_settings
+from editloop.settings import Settings, load_settings
 
 app = typer.Typer(
     help="editloop: code completions that get better from your team's edits.",
@@ -25,21 +26,44 @@ models_app.command("export")(export_model)
 app.add_typer(models_app, name="models", help="List, inspect, activate, roll back and import model versions.")
 
 
-@app.command()
-def run() -> None:
-    """Make sure a model is active, then serve (the server arrives with the next stage)."""
-    from editloop.models.bootstrap import ensure_starter_model
+def _serve_settings(host: str | None, port: int | None) -> Settings:
+    return load_settings(**{k: v for k, v in {"host": host, "port": port}.items() if v is not None})
 
-    settings = load_settings()
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="bind address (default EDITLOOP_HOST or 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port (default EDITLOOP_PORT or 8765)")] = None,
+) -> None:
+    """Serve completions over HTTP: /complete, /infill, /v1/completions, /tabby, /admin, /metrics."""
+    from editloop.server.main import serve as run_server
+
+    run_server(_serve_settings(host, port))
+
+
+@app.command()
+def run(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+) -> None:
+    """Build the starter model if no model is active, then serve it."""
+    from editloop.models.bootstrap import ensure_starter_model
+    from editloop.server.main import serve as run_server
+
+    settings = _serve_settings(host, port)
     version = ensure_starter_model(settings)
-    typer.echo(f"active model: {version.name} ({version.gguf_path()})")
-    typer.echo("serving is not implemented yet: `editloop serve` arrives with the completion server issue.")
+    typer.echo(f"active model: {version.name} ({version.gguf_path()})", err=True)
+    typer.echo("the trainer arrives with the trainer issue; serving only", err=True)
+    run_server(settings)
 
 
 def main() -> None:
     from transformers.utils import logging as hf_logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("editloop").setLevel(logging.INFO)
     hf_logging.disable_progress_bar()
     try:
         app()

@@ -34,3 +34,8 @@ fi
 
 # llama-cpp-python compiles llama.cpp from source here (no wheel): use every core.
 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" .venv/bin/pip install -q -e ".[dev]"
+
+# Real editor-side clients for the end-to-end tests (tabby-agent), when Node.js is present.
+if command -v npm >/dev/null 2>&1; then
+    npm install --prefix tests/clients --no-audit --no-fund --loglevel=error >/dev/null
+fi

@@ -1,0 +1,46 @@
+"""The FastAPI app: services built in the lifespan, thin routers per dialect, JSON errors."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from editloop import __version__
+from editloop.models.manager import ModelManager
+from editloop.server import errors
+from editloop.server.limits import BodyLimit
+from editloop.server.routes import admin, infill, native, openai, tabby
+from editloop.server.services import build_services
+from editloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, models: ModelManager | None = None) -> FastAPI:
+    """The server; ``models`` lets a caller (tests, the LSP in-process mode) bring its own manager."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings, models)
+        await run_in_threadpool(services.models.start, settings.registry_poll_s)
+        if services.models.version is None:
+            log.error("no model serving: %s", services.models.last_error)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await run_in_threadpool(services.models.close)
+
+    app = FastAPI(
+        title="editloop",
+        version=__version__,
+        lifespan=lifespan,
+        description="Code completions that get better from your team's edits.",
+    )
+    errors.install(app)
+    for module in (native, infill, openai, tabby, admin):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,51 @@
+"""Bearer tokens: users may complete and send feedback; only the admin token runs /admin.
+
+With no tokens configured the server binds loopback only (see ``editloop serve``), so the
+open door is one the local user already has.
+"""
+
+import hmac
+
+from fastapi import Request
+
+from editloop.errors import AuthError, ForbiddenError
+from editloop.server.services import Services
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    return request.headers.get("x-api-key")
+
+
+def _matches(token: str | None, allowed: list[str]) -> bool:
+    return token is not None and any(hmac.compare_digest(token, a) for a in allowed)
+
+
+def require_user(request: Request) -> None:
+    settings = services_of(request).settings
+    allowed = [*settings.api_tokens, *([settings.admin_token] if settings.admin_token else [])]
+    if not allowed:
+        return
+    if not _matches(_token(request), allowed):
+        raise AuthError("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+
+
+def require_admin(request: Request) -> None:
+    settings = services_of(request).settings
+    if not settings.admin_token:
+        if settings.api_tokens:
+            raise ForbiddenError("admin routes are disabled: set EDITLOOP_ADMIN_TOKEN to enable them")
+        return
+    token = _token(request)
+    if _matches(token, [settings.admin_token]):
+        return
+    if _matches(token, settings.api_tokens):
+        raise ForbiddenError("this token may complete but not administer; use the admin token")
+    raise AuthError("missing or wrong admin bearer token")
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services

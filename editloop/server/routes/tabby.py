@@ -1,0 +1,85 @@
+"""Tabby's server API under ``/tabby``, so tabby-agent (and Tabby's editor extensions) work as is."""
+
+import os
+import platform
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from editloop import __version__
+from editloop.completion.types import CompletionRequest, Snippet
+from editloop.server.auth import require_user, services_of
+
+router = APIRouter(prefix="/tabby/v1", dependencies=[Depends(require_user)])
+
+
+class TabbySnippet(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    filepath: str = Field(default="", max_length=1024)
+    body: str = ""
+
+
+class Segments(BaseModel):
+    model_config = ConfigDict(extra="allow")  # git_url, clipboard, ...
+    prefix: str = ""
+    suffix: str | None = None
+    filepath: str | None = Field(default=None, max_length=1024)
+    declarations: list[TabbySnippet] | None = None
+    relevant_snippets_from_changed_files: list[TabbySnippet] | None = None
+    relevant_snippets_from_recently_opened_files: list[TabbySnippet] | None = None
+
+
+class TabbyCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    language: str | None = None
+    segments: Segments
+    user: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    seed: int | None = None
+
+
+def _snippets(segments: Segments) -> list[Snippet]:
+    groups = (
+        segments.declarations,
+        segments.relevant_snippets_from_changed_files,
+        segments.relevant_snippets_from_recently_opened_files,
+    )
+    return [Snippet(filepath=s.filepath, text=s.body) for group in groups for s in group or [] if s.body][:32]
+
+
+@router.post("/completions", summary="Tabby-compatible completion")
+async def completions(body: TabbyCompletionRequest, request: Request) -> dict:
+    language = body.language if body.language and body.language != "unknown" else None
+    engine_request = CompletionRequest(
+        prefix=body.segments.prefix,
+        suffix=body.segments.suffix or "",
+        language=language,
+        filepath=body.segments.filepath,
+        extra=_snippets(body.segments),
+        mode="auto",
+        temperature=body.temperature if body.temperature is not None else 0.7,
+        seed=body.seed or 0,
+        document_id=f"tabby:{body.user or ''}:{body.segments.filepath}" if body.segments.filepath else None,
+    )
+    result = await services_of(request).complete(request, engine_request, "tabby")
+    return {"id": result.id, "choices": [{"index": c.index, "text": c.text} for c in result.choices]}
+
+
+@router.get("/health", summary="Tabby-compatible health")
+async def health(request: Request) -> dict:
+    version = services_of(request).models.version
+    return {
+        "model": version or "none",
+        "chat_model": None,
+        "device": "cpu",
+        "arch": platform.machine(),
+        "cpu_info": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count() or 1,
+        "cuda_devices": [],
+        "version": {
+            "build_date": "",
+            "build_timestamp": "",
+            "git_sha": "",
+            "git_describe": f"editloop-{__version__}",
+        },
+    }
