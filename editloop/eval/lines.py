@@ -78,22 +78,20 @@ def evaluate_lines(gguf: Path, template: FimTemplate, tasks: list[LineTask], thr
 
 
 def _generate(gguf: Path, template: FimTemplate, tasks: list[LineTask], threads: int) -> list[str]:
-    from llama_cpp import Llama
+    """Greedy single-line completions through the serving backend (its context, its FIM ids)."""
+    from editloop.models.backend import GenerationParams
+    from editloop.models.llama import LlamaBackend
 
-    llm = Llama(str(gguf), n_ctx=0, n_threads=threads, verbose=False)  # n_ctx=0: the model's trained context
+    backend = LlamaBackend(gguf, template, version=gguf.name, n_threads=threads, max_candidates=1)
     try:
-        specials = tuple(
-            llm.tokenize(t.encode(), add_bos=False, special=True)[0]
-            for t in (template.prefix, template.suffix, template.middle)
-        )
-        budget = llm.n_ctx() - MAX_NEW_TOKENS - 3
+        specials = tuple(backend.special_id(t) for t in (template.prefix, template.suffix, template.middle))
+        budget = backend.n_ctx - MAX_NEW_TOKENS - 3
+        params = GenerationParams(n=1, max_tokens=MAX_NEW_TOKENS, temperature=0.0, stop=("\n",))
         outputs = []
         for task in tasks:
-            pre = llm.tokenize(task.prefix.encode(), add_bos=False, special=False)
-            suf = llm.tokenize(task.suffix.encode(), add_bos=False, special=False)
+            pre, suf = backend.tokenize(task.prefix), backend.tokenize(task.suffix)
             prompt = fim_token_ids(pre, suf, specials, budget)
-            out = llm.create_completion(prompt, max_tokens=MAX_NEW_TOKENS, temperature=0.0, stop=["\n"])
-            outputs.append(out["choices"][0]["text"].split("\n")[0])
+            outputs.append(backend.generate(prompt, params).generations[0].text.split("\n")[0])
         return outputs
     finally:
-        llm.close()
+        backend.close()

@@ -7,6 +7,7 @@ candidates with per-token log-probs.
 """
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -27,6 +28,14 @@ class GenerationParams:
     stop: tuple[str, ...] = ()  # a candidate ends at the first of these; the stop string is cut off
     deadline: float | None = None  # time.monotonic() after which decoding stops ("deadline")
     cancel: threading.Event | None = None  # set by a newer request or a disconnect ("cancelled")
+
+    def interruption(self) -> FinishReason | None:
+        """Why decoding must stop now, if it must."""
+        if self.cancel is not None and self.cancel.is_set():
+            return "cancelled"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "deadline"
+        return None
 
 
 @dataclass

@@ -179,7 +179,7 @@ class LlamaBackend:
         del self._cached[keep:]
         row = 0
         for start in range(keep, len(prompt), PROMPT_BATCH):
-            interrupted = _interruption(params)
+            interrupted = params.interruption()
             if interrupted:
                 return interrupted
             chunk = prompt[start : start + PROMPT_BATCH]
@@ -199,7 +199,7 @@ class LlamaBackend:
                 if c.finish is None:
                     self._step(c, rows[c.seq], params)
             live = [c for c in candidates if c.finish is None]
-            interrupted = _interruption(params) if live else None
+            interrupted = params.interruption() if live else None
             if not live or interrupted:
                 for c in live:
                     c.finish = interrupted
@@ -417,14 +417,6 @@ def _logprob(logits: np.ndarray, token: int) -> float:
     """log P(token) under the unscaled distribution."""
     peak = logits.max()
     return float(logits[token] - peak) - float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
-
-
-def _interruption(params: GenerationParams) -> FinishReason | None:
-    if params.cancel is not None and params.cancel.is_set():
-        return "cancelled"
-    if params.deadline is not None and time.monotonic() >= params.deadline:
-        return "deadline"
-    return None
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

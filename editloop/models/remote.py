@@ -78,7 +78,7 @@ class RemoteBackend:
         started = time.monotonic()
         sampled = params.n - 1 if params.temperature > 0 else 0
         jobs: list[Future] = []
-        interrupted = _interruption(params)
+        interrupted = params.interruption()
         if not interrupted:
             jobs.append(self._pool.submit(self._choices, prompt, 1, 0.0, params))
             if sampled:
@@ -206,17 +206,9 @@ def _wait(jobs: list[Future], params: GenerationParams) -> FinishReason | None:
         if not pending and not failed:
             return None
         # Checked before failures: a request cut short by the deadline fails with a timeout.
-        interrupted = _interruption(params)
+        interrupted = params.interruption()
         if interrupted or failed:
             return interrupted
-
-
-def _interruption(params: GenerationParams) -> FinishReason | None:
-    if params.cancel is not None and params.cancel.is_set():
-        return "cancelled"
-    if params.deadline is not None and time.monotonic() >= params.deadline:
-        return "deadline"
-    return None
 
 
 def _parse_logprobs(logprobs: dict) -> tuple[list[int] | None, list[str] | None, list[float]]:
