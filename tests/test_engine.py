@@ -51,8 +51,10 @@ def test_extra_context_uses_the_repo_layout(manager) -> None:
 
 def test_candidates_are_reported_and_choices_ranked(manager) -> None:
     result = engine(manager, abstain_threshold=0.0).complete(
-        CompletionRequest(prefix=PREFIX, suffix=SUFFIX, language="python", mode="line", n=6, temperature=1.0,
-                          seed=1))
+        CompletionRequest(
+            prefix=PREFIX, suffix=SUFFIX, language="python", mode="line", n=6, temperature=1.0, seed=1
+        )
+    )
     assert len(result.candidates) == 6 and result.model_version == "v1" and result.mode == "line"
     kept = [c for c in result.candidates if c.dropped is None]
     assert len(result.choices) == len(kept) <= 6
@@ -64,14 +66,17 @@ def test_candidates_are_reported_and_choices_ranked(manager) -> None:
 
 def test_threshold_one_always_abstains(manager) -> None:
     result = engine(manager, abstain_threshold=1.0).complete(
-        CompletionRequest(prefix=PREFIX, suffix=SUFFIX, language="python", n=3))
+        CompletionRequest(prefix=PREFIX, suffix=SUFFIX, language="python", n=3)
+    )
     assert result.abstained and result.choices == []
 
 
 def test_typeahead_is_served_from_cache(manager) -> None:
     eng = engine(manager, abstain_threshold=0.0)
     for seed in range(6):  # the tiny model sometimes has nothing to say; find a request where it does
-        request = CompletionRequest(prefix=PREFIX, suffix=SUFFIX, language="python", n=4, temperature=1.0, seed=seed)
+        request = CompletionRequest(
+            prefix=PREFIX, suffix=SUFFIX, language="python", n=4, temperature=1.0, seed=seed
+        )
         first = eng.complete(request)
         if first.choices and len(first.choices[0].text) >= 3:
             break
@@ -84,8 +89,16 @@ def test_typeahead_is_served_from_cache(manager) -> None:
 
 def test_newer_request_for_the_same_document_cancels_the_older(manager) -> None:
     eng = engine(manager, abstain_threshold=0.0)
-    slow = CompletionRequest(prefix=PREFIX, suffix=SUFFIX, language="python", mode="block", n=8, max_tokens=180,
-                             temperature=1.0, document_id="doc-1")
+    slow = CompletionRequest(
+        prefix=PREFIX,
+        suffix=SUFFIX,
+        language="python",
+        mode="block",
+        n=8,
+        max_tokens=180,
+        temperature=1.0,
+        document_id="doc-1",
+    )
     results = {}
     worker = threading.Thread(target=lambda: results.setdefault("old", eng.complete(slow)))
     worker.start()

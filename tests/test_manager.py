@@ -28,8 +28,16 @@ def _republish(registry: Registry, name: str = "v1") -> str:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source.path / rel, staging / rel)
         m = source.manifest
-        return registry.publish(staging, kind="retrain", fim=m.fim, arch=m.arch, gguf=m.gguf, parent=name,
-                                hf_dir=m.hf_dir, tokenizer=m.tokenizer).name
+        return registry.publish(
+            staging,
+            kind="retrain",
+            fim=m.fim,
+            arch=m.arch,
+            gguf=m.gguf,
+            parent=name,
+            hf_dir=m.hf_dir,
+            tokenizer=m.tokenizer,
+        ).name
 
 
 def test_old_model_serves_leased_requests_until_they_end(registry) -> None:

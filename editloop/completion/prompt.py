@@ -11,12 +11,13 @@ repo-level layout Qwen2.5-Coder was trained on::
 from dataclasses import dataclass
 
 from editloop.completion.types import Snippet
-from editloop.errors import ModelError
+from editloop.errors import BadRequestError, ModelError
 from editloop.models.backend import Backend
 
 SUFFIX_SHARE, EXTRA_SHARE = 0.2, 0.25
 CHARS_PER_TOKEN_MAX = 8  # pre-trim text before tokenizing: no token is longer than this on average
 SPECIAL_MARGIN = 8
+MIN_PROMPT_TOKENS = 16
 
 
 @dataclass
@@ -36,11 +37,13 @@ def build_prompt(
     filepath: str | None,
     max_new_tokens: int,
 ) -> Prompt:
-    """Token ids of the FIM prompt; raises :class:`ModelError` if not even a minimal one fits."""
+    """Token ids of the FIM prompt; :class:`BadRequestError` if max_tokens leaves no room for one."""
     budget = backend.n_ctx - max_new_tokens - SPECIAL_MARGIN
-    if budget < 16:
-        raise ModelError(
-            f"max_tokens {max_new_tokens} leaves no room for a prompt in a {backend.n_ctx}-token context"
+    if budget < MIN_PROMPT_TOKENS:
+        largest = backend.n_ctx - SPECIAL_MARGIN - MIN_PROMPT_TOKENS
+        raise BadRequestError(
+            f"max_tokens: {max_new_tokens} leaves no room for a prompt in model {backend.version}'s "
+            f"{backend.n_ctx}-token context; ask for at most {largest}"
         )
     fim = backend.fim
     pre_id, suf_id, mid_id = (backend.special_id(t) for t in (fim.prefix, fim.suffix, fim.middle))
@@ -75,6 +78,5 @@ def _extra(
         if room <= 8:
             break
         ids += [sep_id, *_head(backend, f"{snippet.filepath}\n{snippet.text}", room)]
-    if ids and filepath:
-        ids += [sep_id, *backend.tokenize(f"{filepath}\n")]
-    return ids
+    header = [sep_id, *backend.tokenize(f"{filepath}\n")] if ids and filepath else []
+    return ids + header if len(ids) + len(header) <= limit else ids

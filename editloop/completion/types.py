@@ -2,9 +2,18 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 Mode = Literal["line", "block", "auto"]
+
+
+def _clean(text: str) -> str:
+    """Lone UTF-16 surrogates are valid JSON but not text any tokenizer takes: make them U+FFFD."""
+    return (
+        text.encode("utf-8", "replace").decode("utf-8")
+        if any("\ud800" <= c <= "\udfff" for c in text)
+        else text
+    )
 
 
 class Snippet(BaseModel):
@@ -12,6 +21,11 @@ class Snippet(BaseModel):
 
     filepath: str = Field(max_length=1024)
     text: str
+
+    @field_validator("filepath", "text")
+    @classmethod
+    def _no_lone_surrogates(cls, text: str) -> str:
+        return _clean(text)
 
 
 class CompletionRequest(BaseModel):
@@ -31,6 +45,11 @@ class CompletionRequest(BaseModel):
     time_budget_ms: int | None = Field(default=None, ge=1, le=60_000, description="Stop decoding after this.")
     document_id: str | None = Field(default=None, description="A newer request for it stops this one.")
     seed: int = 0
+
+    @field_validator("prefix", "suffix")
+    @classmethod
+    def _no_lone_surrogates(cls, text: str) -> str:
+        return _clean(text)
 
 
 class Choice(BaseModel):

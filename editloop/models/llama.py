@@ -99,7 +99,8 @@ class LlamaBackend:
         return cls(version.gguf_path(quant), version.manifest.fim, version.name, **kw)
 
     def tokenize(self, text: str) -> list[int]:
-        return self._tokenize(text.encode("utf-8"), special=False)
+        # Lone surrogates are valid JSON but not UTF-8: replace them rather than fail the request.
+        return self._tokenize(text.encode("utf-8", "replace"), special=False)
 
     def special_id(self, token: str) -> int | None:
         ids = self._tokenize(token.encode("utf-8"), special=True)

@@ -45,6 +45,7 @@ class ModelManager:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.last_error: str | None = None
+        self._failed_version: str | None = None  # not retried until the registry points elsewhere
         self.swaps = 0
         self.failed_swaps = 0
 
@@ -80,6 +81,7 @@ class ModelManager:
                     return False
                 backend = self._load(version)
             except EditloopError as exc:
+                self._failed_version = self.registry.current_name()
                 self._failed(str(exc.message))
                 return False
             self._swap(backend)
@@ -106,6 +108,7 @@ class ModelManager:
             old.backend.close()
         self.swaps += 1
         self.last_error = None
+        self._failed_version = None
         log.info("now serving %s", backend.version)
 
     def _failed(self, reason: str) -> None:
@@ -122,7 +125,7 @@ class ModelManager:
     def _watch(self, poll_s: float) -> None:
         while not self._stop.wait(poll_s):
             pointer = self.registry.current_name()
-            if pointer is not None and pointer != self.version:
+            if pointer is not None and pointer not in (self.version, self._failed_version):
                 self.reload()
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from editloop import __version__
@@ -42,5 +42,18 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
     errors.install(app)
     for module in (native, infill, openai, tabby, admin):
         app.include_router(module.router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        services = getattr(request.app.state, "services", None)
+        if services is not None:
+            services.metrics.requests.labels(
+                getattr(route, "path", "unmatched"), str(response.status_code)
+            ).inc()
+        return response
+
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.openapi = lambda: errors.openapi_with_error_bodies(app)
     return app

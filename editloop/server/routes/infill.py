@@ -11,10 +11,11 @@ from editloop.completion.types import CompletionRequest, CompletionResult, Snipp
 from editloop.server.auth import require_user, services_of
 
 router = APIRouter()
+MAX_BUDGET_MS = 60_000
 
 
 class InfillExtra(BaseModel):
-    filename: str = ""
+    filename: str = Field(default="", max_length=1024)
     text: str = ""
 
 
@@ -41,7 +42,8 @@ def _to_request(body: InfillRequest) -> CompletionRequest:
         mode="auto",
         extra=[Snippet(filepath=e.filename, text=e.text) for e in body.input_extra if e.text],
         max_tokens=body.n_predict if body.n_predict and body.n_predict > 0 else None,
-        time_budget_ms=body.t_max_predict_ms or None,
+        # llama.vim may ask for more time than the engine allows a request: the engine's cap applies.
+        time_budget_ms=min(body.t_max_predict_ms, MAX_BUDGET_MS) if body.t_max_predict_ms else None,
         temperature=body.temperature,
         seed=body.seed or 0,
     )
