@@ -31,7 +31,7 @@ def test_tiny_bootstrap_publishes_an_active_verified_version(
     lines = manifest.metrics["heldout_lines"]
     assert lines["tasks"] == TINY.eval_lines
     assert lines["empty"]["exact_match"] == 0.0
-    assert "--steps 60" in manifest.training_data["reproduce"]
+    assert f"--steps {TINY.steps}" in manifest.training_data["reproduce"]
 
 
 def test_q8_gguf_loads_and_completes_in_llama_cpp(tiny_version: ModelVersion) -> None:

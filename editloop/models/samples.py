@@ -104,7 +104,9 @@ def _split(text: str, rng: np.random.Generator, line_aligned: bool) -> tuple[str
         a, b = sorted(int(x) for x in rng.integers(0, len(text) + 1, size=2))
         return text[:a], text[a:b], text[b:]
     lines = text.splitlines(keepends=True)
-    first = int(rng.integers(0, len(lines)))
+    # Blank lines would teach "answer nothing" far more often than an editor needs it.
+    filled = [i for i, line in enumerate(lines) if line.strip()] or [0]
+    first = filled[int(rng.integers(0, len(filled)))]
     count = 1 if rng.random() < 0.7 else int(rng.integers(2, 5))
     line_start = sum(len(line) for line in lines[:first])
     line = lines[first]
