@@ -150,12 +150,13 @@ def test_temperature_zero_decodes_one_sequence(backend: LlamaBackend, count_deco
 def test_n_candidates_share_one_decode_pass(backend: LlamaBackend, count_decodes: list[int]) -> None:
     k = 10
     prompt = fim_prompt(backend, "def fresh_prompt_for_decode_count(x):\n    ", "\n")
-    result = backend.generate(prompt, GenerationParams(n=5, max_tokens=k, temperature=1.0, seed=1))
+    result = backend.generate(prompt, GenerationParams(n=8, max_tokens=k, temperature=1.0, seed=1))
     generated = sum(len(g.token_ids) for g in result.generations)
-    # One call for the prompt, then one per step for every live sequence together: not 5 × k.
+    # One call for the prompt, then one per step for every live sequence together: not 8 × k.
     assert count_decodes[0] == len(prompt) - result.cached_tokens
     assert len(count_decodes) <= 1 + k
-    assert count_decodes[1] == 5
+    # The first step feeds every candidate whose first token did not end it, all in one call.
+    assert count_decodes[1] == sum(1 for g in result.generations if g.token_ids) >= 2
     assert generated > len(count_decodes)
 
 

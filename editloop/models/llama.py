@@ -225,14 +225,10 @@ class LlamaBackend:
         candidate.add(token, _logprob(logits, token), self._piece(token), params)
 
     def _ends(self, token: int) -> bool:
-        # Besides end-of-generation tokens, any control token ends a candidate: a FIM marker in
-        # the middle of a completion has no text and means the model lost its place.
-        vocab = self._native.vocab
-        return (
-            token in self._end_ids
-            or llama_cpp.llama_vocab_is_eog(vocab, token)
-            or llama_cpp.llama_vocab_is_control(vocab, token)
-        )
+        # End-of-generation tokens only, as llama.cpp's own server decides: other control tokens
+        # (a stray FIM marker) add no text and decoding goes on, so a remote llama.cpp or vLLM
+        # backend and this one give the same candidates for the same model.
+        return token in self._end_ids or llama_cpp.llama_vocab_is_eog(self._native.vocab, token)
 
     # -- llama.cpp calls -------------------------------------------------------------------
 

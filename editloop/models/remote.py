@@ -170,6 +170,10 @@ class RemoteBackend:
         if not logprobs:
             return self.tokenize(text), []
         ids, pieces, values = _parse_logprobs(logprobs)
+        if ids is None and pieces is not None:
+            # Control tokens (a stray FIM marker) come back as empty pieces: no text, no id to find.
+            kept_pieces = [(p, v) for p, v in zip(pieces, values, strict=True) if p]
+            pieces, values = [p for p, _ in kept_pieces], [v for _, v in kept_pieces]
         if pieces is None:
             pieces = [self._tokenizer.decode([i], skip_special_tokens=True) for i in ids or []]
         # Servers report the tokens of a stop string that was cut from the text; keep those
