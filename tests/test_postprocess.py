@@ -361,3 +361,13 @@ def test_five_candidates_in_a_large_file_take_milliseconds() -> None:
         dedupe(texts)
     per_request_ms = (time.perf_counter() - started) / rounds * 1000
     assert per_request_ms < 20  # ~1 ms here; generous for a loaded CI machine
+
+
+@pytest.mark.parametrize("text", ["'" * 40, "x = ((((((((((", '""""""""""""'])
+def test_stuttering_punctuation_is_repetitive(text: str) -> None:
+    assert drop_reason(text, "y = ", "\n", "python") == REPETITIVE
+
+
+@pytest.mark.parametrize("text", ["# " + "-" * 40, "=" * 30, "#" * 20, "'''", "x = [[1, 2], [3, 4]]"])
+def test_separator_lines_are_not_repetitive(text: str) -> None:
+    assert drop_reason(text, "", "\n", "python") is None

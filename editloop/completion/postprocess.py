@@ -68,6 +68,9 @@ _HASH_COMMENTS = frozenset({"ruby", "bash", "perl", "r", "elixir", "julia", "nim
 
 _CLOSING_LINE = re.compile(r"[)\]}]+[;,]?")
 _REPEATED_UNIT = re.compile(r"(.{4,80}?)\1{3,}", re.DOTALL)
+# A quote, bracket or operator stuttered eight times is a model stuck in a loop, not a separator
+# line (those use -, =, #, *, ~, / or .): `''` or `((((((((`.
+_STUTTER = re.compile(r"([^\w\s\-=#*~/.])\1{7,}")
 _PYTHON_COMMENT = re.compile(r"\s+#[^'\"]*$")
 _SLASH_COMMENT = re.compile(r"\s*//[^'\"]*$")
 
@@ -441,6 +444,8 @@ def _is_repetitive(text: str, cursor: _Cursor) -> bool:
         return True
     # A unit must hold a letter: runs like `----`, `0, 0, 0, 0` or indentation are ordinary code.
     if any(any(c.isalpha() for c in m.group(1)) for m in _REPEATED_UNIT.finditer(text)):
+        return True
+    if _STUTTER.search(text):
         return True
     previous = _previous_nonblank_line(cursor.before)
     line = whole.strip()
