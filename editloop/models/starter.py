@@ -63,7 +63,7 @@ class StarterSize:
 
 SIZES = {
     "tiny": StarterSize("tiny", 512, 64, 2, 4, 2, 192, 128, 256, 8, 3e-3, 200, 0.5, 1_500_000, 40),
-    "small": StarterSize("small", 4096, 192, 4, 6, 2, 512, 384, 384, 10, 3e-3, 2000, 14.0, None, 300),
+    "small": StarterSize("small", 4096, 192, 4, 6, 2, 512, 384, 384, 10, 3e-3, 1700, 14.0, None, 300),
     "base": StarterSize("base", 8192, 512, 8, 8, 4, 1536, 1024, 2048, 8, 1e-3, None, 120.0, None, 500),
 }
 
