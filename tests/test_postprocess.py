@@ -51,7 +51,7 @@ def dropped(
         ("auto", FACT + "    ", "\n", "python", "block"),
         ("auto", FACT, "\n", "python", "block"),
         ("auto", "class A:\n    def f(self):  # the one\n        ", "", "python", "block"),
-        ("auto", FACT + "    return ", "\n", "python", "block"),  # the rest of the line is empty
+        ("auto", FACT + "    return ", "\n", "python", "line"),  # mid-statement: the user wants the line
         ("auto", FACT + "    return ", " n\n", "python", "line"),
         ("auto", "x = 1\n", "\n", "python", "line"),
         ("auto", "x = 1\ny = ", "\n", "python", "line"),
@@ -371,3 +371,7 @@ def test_stuttering_punctuation_is_repetitive(text: str) -> None:
 @pytest.mark.parametrize("text", ["# " + "-" * 40, "=" * 30, "#" * 20, "'''", "x = [[1, 2], [3, 4]]"])
 def test_separator_lines_are_not_repetitive(text: str) -> None:
     assert drop_reason(text, "", "\n", "python") is None
+
+
+def test_auto_mode_mid_statement_after_a_block_opener_is_a_line() -> None:
+    assert resolve_mode("auto", "def main():\n    path = os.path.", "\n    print(path)\n", "python") == "line"

@@ -122,9 +122,8 @@ def _resolve(mode: str, cursor: _Cursor) -> Literal["line", "block"]:
     previous = _previous_nonblank_line(cursor.before)
     if previous is None or not _opens_block(previous, lang):
         return "line"
-    if not cursor.line_prefix.strip() or not cursor.line_rest.strip():
-        return "block"
-    return "line"
+    # Only a fresh line gets a block: mid-statement (`path = os.path.|`) the user wants the line.
+    return "block" if not cursor.line_prefix.strip() else "line"
 
 
 def truncate(text: str, mode: str, prefix: str, suffix: str, language: str) -> str:
