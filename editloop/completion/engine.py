@@ -93,10 +93,12 @@ class CompletionEngine:
         choices = _choices(reports, request.n)
         abstained = should_abstain(choices[0].score if choices else None, self.config.abstain_threshold)
         if self.cache is not None and choices and not cancel.is_set():
+            # Keyed by the requested mode: typing into a block suggestion turns "auto" into a
+            # line, and the type-ahead lookup must still find the block it came from.
             self.cache.put(
                 backend.version,
                 language,
-                mode,
+                request.mode,
                 request.prefix,
                 request.suffix,
                 [(c.text, c.score) for c in choices],
@@ -150,7 +152,7 @@ class CompletionEngine:
     ) -> CompletionResult | None:
         if self.cache is None:
             return None
-        hit = self.cache.get(version, language, mode, request.prefix, request.suffix)
+        hit = self.cache.get(version, language, request.mode, request.prefix, request.suffix)
         if hit is None or not hit.choices:
             return None
         choices = [Choice(index=i, text=t, score=s) for i, (t, s) in enumerate(hit.choices[: request.n])]
