@@ -154,6 +154,7 @@ GOLDEN_PROMPTS = (
     ("x = ", "\n"),
 )
 GOLDEN_SAMPLES = 8
+GOLDEN_TOKENS = 16
 
 
 def validate_backend(backend: Backend) -> None:
@@ -164,17 +165,15 @@ def validate_backend(backend: Backend) -> None:
     candidate among all samples, because a very small model (the test-size starter) is
     mostly wrong yet still a working model; the gate on held-out data judges quality.
     """
+    from editloop.completion.prompt import build_prompt
     from editloop.completion.syntax import SyntaxChecker
 
     checker = SyntaxChecker()
-    fim = backend.fim
-    specials = [backend.special_id(t) for t in (fim.prefix, fim.suffix, fim.middle)]
-    if None in specials:
-        raise ModelError(f"model {backend.version} failed validation: its FIM tokens are missing")
     tried = 0
     for prefix, suffix in GOLDEN_PROMPTS:
-        ids = [specials[0], *backend.tokenize(prefix), specials[1], *backend.tokenize(suffix), specials[2]]
-        params = GenerationParams(n=GOLDEN_SAMPLES, max_tokens=16, temperature=1.0, stop=("\n",))
+        # The serving prompt builder: it also refuses a model whose FIM tokens are missing.
+        ids = build_prompt(backend, prefix, suffix, [], None, GOLDEN_TOKENS).ids
+        params = GenerationParams(n=GOLDEN_SAMPLES, max_tokens=GOLDEN_TOKENS, temperature=1.0, stop=("\n",))
         for generation in backend.generate(ids, params).generations:
             tried += 1
             if generation.text.strip() and checker.check("python", prefix, generation.text, suffix):
