@@ -1,0 +1,228 @@
+"""A simulated developer: types real code through an editor path, takes or leaves suggestions.
+
+The developer types each task's text in order. Where an editor would ask (the start of a
+line, after its indentation; after a word, when the developer pauses — seeded) the editor
+path is asked for a suggestion. The developer takes it when it is a prefix of what they were
+about to type (or, with partial accept, takes it up to the first mismatch) and otherwise
+keeps typing the true text. The editor path — HTTP (:mod:`editloop.eval.replay_http`) or
+LSP (:mod:`editloop.eval.replay_lsp`) — turns that into exactly the feedback an editor
+session would send.
+
+>>> report = replay(tasks, editor, ReplayConfig(seed=1))  # doctest: +SKIP
+"""
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from rapidfuzz.distance import Levenshtein
+
+from editloop.eval.replay_tasks import TypingTask
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    seed: int = 0
+    partial_accept: bool = True
+    pause_after_word: float = 0.25  # chance a developer pauses (and the editor asks) after a word
+    typing_cps: float = 6.0  # simulated typing speed: the clock retention horizons run on
+    max_requests: int | None = None  # stop after this many suggestion requests (whole run)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    completion_id: str
+    text: str  # empty: the server abstained or had nothing
+    latency_ms: float
+    model_version: str
+
+
+class Editor(Protocol):
+    """One editor session: a document, a cursor, and the feedback it reports."""
+
+    def open(self, task: TypingTask) -> None: ...
+    def replace(self, offset: int, removed: int, text: str) -> None:
+        """Jump the cursor to ``offset``, delete ``removed`` characters, type ``text``."""
+        ...
+
+    def type(self, text: str) -> None: ...
+    def suggest(self) -> Suggestion | None: ...
+    def accept(self, suggestion: Suggestion, length: int) -> None: ...
+    def advance(self, seconds: float) -> None:
+        """Simulated time passes (typing, thinking): retention horizons come due."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ReplayStats:
+    files: int = 0
+    requests: int = 0
+    shown: int = 0
+    accepted: int = 0
+    partial: int = 0
+    abstained: int = 0
+    exact: int = 0
+    chars_typed: int = 0
+    chars_inserted: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    model_versions: set[str] = field(default_factory=set)
+
+    def summary(self) -> dict:
+        lat = sorted(self.latencies_ms)
+        total = self.chars_typed + self.chars_inserted
+        return {
+            "files": self.files,
+            "requests": self.requests,
+            "shown": self.shown,
+            "accepted": self.accepted,
+            "partially_accepted": self.partial,
+            "acceptance_rate": _ratio(self.accepted, self.shown),
+            "chars_typed": self.chars_typed,
+            "chars_inserted": self.chars_inserted,
+            "chars_saved": _ratio(self.chars_inserted, total),
+            "exact_match": _ratio(self.exact, self.shown),
+            "abstain_rate": _ratio(self.abstained, self.requests),
+            "latency_p50_ms": _percentile(lat, 0.50),
+            "latency_p95_ms": _percentile(lat, 0.95),
+            "model_version": ",".join(sorted(self.model_versions)) or None,
+        }
+
+
+def _ratio(a: int, b: int) -> float:
+    return round(a / b, 4) if b else 0.0
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 2)
+
+
+def replay(tasks: list[TypingTask], editor: Editor, config: ReplayConfig, progress=None) -> ReplayStats:
+    """Type every task through ``editor``; ``progress(done, total)`` is called after each task."""
+    stats = ReplayStats()
+    rng = random.Random(config.seed)
+    for done, task in enumerate(tasks, 1):
+        if config.max_requests is not None and stats.requests >= config.max_requests:
+            break
+        editor.open(task)
+        for hunk in task.hunks:
+            editor.replace(hunk.offset, hunk.removed, "")
+            _type_hunk(hunk.added, editor, config, rng, stats)
+        editor.close()
+        stats.files += 1
+        if progress is not None:
+            progress(done, len(tasks))
+    return stats
+
+
+def _type_hunk(
+    text: str, editor: Editor, config: ReplayConfig, rng: random.Random, stats: ReplayStats
+) -> None:
+    pos, asked = 0, -1
+    while pos < len(text):
+        budget_left = config.max_requests is None or stats.requests < config.max_requests
+        if pos != asked and budget_left and _asks_here(text, pos, rng, config.pause_after_word):
+            asked = pos
+            pos += _ask(text[pos:], editor, config, stats)
+            continue
+        stop = _next_stop(text, pos)
+        editor.type(text[pos:stop])
+        editor.advance((stop - pos) / config.typing_cps)
+        stats.chars_typed += stop - pos
+        pos = stop
+
+
+def _ask(truth: str, editor: Editor, config: ReplayConfig, stats: ReplayStats) -> int:
+    """One suggestion request at the cursor; returns how many characters it inserted."""
+    started = time.perf_counter()
+    suggestion = editor.suggest()
+    stats.requests += 1
+    stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+    if suggestion is None or not suggestion.text:
+        stats.abstained += suggestion is not None
+        return 0
+    stats.model_versions.add(suggestion.model_version)
+    stats.shown += 1
+    stats.exact += exact_match(suggestion.text, truth)
+    taken = accepted_length(suggestion.text, truth, config.partial_accept)
+    if taken == 0:
+        return 0
+    editor.accept(suggestion, taken)
+    editor.advance(0.5)  # a glance and a keystroke
+    stats.accepted += 1
+    stats.partial += taken < len(suggestion.text)
+    stats.chars_inserted += taken
+    return taken
+
+
+def accepted_length(suggestion: str, truth: str, partial: bool) -> int:
+    """All of it when it is a prefix of the truth; else up to the first mismatch (partial) or nothing.
+
+    A partial take must carry something besides whitespace, as a person would not accept blanks.
+    """
+    if truth.startswith(suggestion):
+        return len(suggestion)
+    if not partial:
+        return 0
+    common = 0
+    for a, b in zip(suggestion, truth, strict=False):
+        if a != b:
+            break
+        common += 1
+    return common if suggestion[:common].strip() else 0
+
+
+def exact_match(suggestion: str, truth: str) -> bool:
+    """The suggestion is exactly the true text of the lines it spans (trailing blanks aside)."""
+    lines = suggestion.count("\n") + 1
+    span = "\n".join(truth.split("\n")[:lines])
+    return suggestion.rstrip() == span.rstrip()
+
+
+def span_of(text: str, start: int, lines: int) -> str:
+    """``lines`` lines of ``text`` from ``start`` (the first one possibly partial), no final newline."""
+    return "\n".join(text[start:].split("\n")[:lines])
+
+
+def similarity(a: str, b: str) -> float:
+    return round(Levenshtein.normalized_similarity(a, b), 4)
+
+
+def _line_start(text: str, i: int) -> bool:
+    """``i`` is where a fresh line's code begins: after a newline and the indentation auto-indent typed."""
+    line_begin = text.rfind("\n", 0, i) + 1
+    return not text[line_begin:i].strip() and (i == len(text) or text[i] not in " \t")
+
+
+def _word_end(text: str, i: int) -> bool:
+    word = text[i - 1].isalnum() or text[i - 1] == "_"
+    return i < len(text) and word and not (text[i].isalnum() or text[i] == "_")
+
+
+def _asks_here(text: str, i: int, rng: random.Random, pause: float) -> bool:
+    """The editor asks at every fresh line, and after a word when the developer pauses there."""
+    if _line_start(text, i):
+        return True
+    return i > 0 and _word_end(text, i) and rng.random() < pause
+
+
+def _next_stop(text: str, pos: int) -> int:
+    """The next place after ``pos`` where the editor might ask: a fresh line's code, or a word's end."""
+    i = pos + 1
+    while i < len(text):
+        if text[i - 1] == "\n":
+            while i < len(text) and text[i] in " \t":
+                i += 1
+            return i
+        if _word_end(text, i):
+            return i
+        i += 1
+    return len(text)
+
+
+def report_dict(stats: ReplayStats, config: ReplayConfig, via: str, split: str) -> dict:
+    return {"via": via, "split": split, "config": asdict(config), **stats.summary()}
