@@ -37,11 +37,14 @@ class CompletionEngine:
         config: EngineConfig,
         cache: CompletionCache | None = None,
         ranker: Ranker | None = None,
+        rankers=None,
     ) -> None:
+        """``rankers(version)`` picks the ranker per served version (its value model); else ``ranker``."""
         self.models = models
         self.config = config
         self.cache = cache
         self.ranker = ranker or LogprobRanker()
+        self.rankers = rankers
         self.syntax = SyntaxChecker()
         self._documents: dict[str, threading.Event] = {}
         self._documents_lock = threading.Lock()
@@ -89,7 +92,8 @@ class CompletionEngine:
         )
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()
-        reports = self._rank(generated.generations, request, language, mode)
+        ranker = self.rankers(backend.version) if self.rankers else self.ranker
+        reports = self._rank(ranker, generated.generations, request, language, mode)
         choices = _choices(reports, request.n)
         abstained = should_abstain(choices[0].score if choices else None, self.config.abstain_threshold)
         if self.cache is not None and choices and not cancel.is_set():
@@ -122,7 +126,12 @@ class CompletionEngine:
         )
 
     def _rank(
-        self, generations: list[Generation], request: CompletionRequest, language: str, mode: str
+        self,
+        ranker: Ranker,
+        generations: list[Generation],
+        request: CompletionRequest,
+        language: str,
+        mode: str,
     ) -> list[CandidateReport]:
         texts = [truncate(g.text, mode, request.prefix, request.suffix, language) for g in generations]
         reasons = [drop_reason(t, request.prefix, request.suffix, language) for t in texts]
@@ -133,7 +142,7 @@ class CompletionEngine:
         logprobs = [_kept_logprobs(g, t) for g, t in zip(generations, texts, strict=True)]
         inputs = [RankInput(texts[i], logprobs[i], valid[i]) for i in kept]
         context = RankContext(request.prefix, request.suffix, language, mode)
-        scores = dict(zip(kept, self.ranker.score(context, inputs) if inputs else [], strict=True))
+        scores = dict(zip(kept, ranker.score(context, inputs) if inputs else [], strict=True))
         return [
             CandidateReport(
                 text=texts[i],
