@@ -54,6 +54,10 @@ class Candidate(BaseModel):
     score: float | None = None
     shown: bool = Field(default=False, description="Returned to the client (not dropped or abstained).")
     dropped: str | None = Field(default=None, description="Why the engine dropped it, if it did.")
+    logprobs: list[float] | None = Field(
+        default=None, max_length=1024, description="Token log-probabilities of its text (value-model input)."
+    )
+    parse_valid: bool | None = Field(default=None, description="Parses with the context; None: unknown.")
 
 
 class CompletionEvent(EventBase):

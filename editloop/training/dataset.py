@@ -1,0 +1,288 @@
+"""From feedback events to training data: what the user kept, for SFT, GRPO and the value model.
+
+Events are joined by ``completion_id``. The ``completion`` event gives the context (prefix,
+suffix, language, file) and the candidates; what happened next decides the target:
+
+- accepted and still there at the last retention horizon → the retained text;
+- accepted and then changed (``edited`` after ``accepted``) → the corrected text;
+- rejected and then written by hand (``edited`` after ``rejected``) → the developer's own text.
+
+Every shown candidate is also a value-model row (taken and kept or not). Samples are
+deduplicated and split by file (a path hash) and by time (the newest slice) so held-out
+evaluation never sees a file or a moment the training saw.
+
+>>> data = build_dataset(events, DatasetConfig())  # doctest: +SKIP
+>>> len(data.sft_train), len(data.sft_heldout), len(data.value_rows)  # doctest: +SKIP
+"""
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from editloop.feedback.events import (
+    AcceptedEvent,
+    CompletionEvent,
+    EditedEvent,
+    FeedbackEvent,
+    RejectedEvent,
+    RetainedEvent,
+    event_from_json,
+)
+from editloop.models.value import ValueInput, ValueRow
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    min_retained: float = field(
+        default=0.5, metadata={"help": "Accepted text kept below this is not a target."}
+    )
+    heldout_files: float = field(default=0.2, metadata={"help": "Fraction of files (path hash) held out."})
+    heldout_recent: float = field(default=0.1, metadata={"help": "Newest fraction of samples held out."})
+    max_reference_chars: int = field(default=400, metadata={"help": "Longer targets are dropped."})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One FIM training target: the context and the text the developer kept there."""
+
+    prefix: str
+    suffix: str
+    reference: str
+    language: str
+    filepath: str
+    source: str  # retained | corrected | written
+    completion_id: str
+    timestamp: float
+    model_version: str = ""
+    shown_text: str = ""  # what the model had suggested there (empty: nothing shown)
+
+    def key(self) -> str:
+        raw = f"{self.filepath}\0{self.prefix[-500:]}\0{self.suffix[:200]}\0{self.reference}"
+        return hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()
+
+
+@dataclass
+class Dataset:
+    sft_train: list[Sample] = field(default_factory=list)
+    sft_heldout: list[Sample] = field(default_factory=list)
+    value_train: list[ValueRow] = field(default_factory=list)
+    value_heldout: list[ValueRow] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def value_rows(self) -> list[ValueRow]:
+        return self.value_train + self.value_heldout
+
+
+@dataclass
+class _Story:
+    """Everything that happened to one completion."""
+
+    completion: CompletionEvent | None = None
+    accepted: dict[int, AcceptedEvent] = field(default_factory=dict)
+    rejected: set[int] = field(default_factory=set)
+    retained: dict[int, RetainedEvent] = field(default_factory=dict)  # the latest horizon
+    edited: dict[tuple[int, str], EditedEvent] = field(default_factory=dict)
+    shown: set[int] = field(default_factory=set)
+
+
+def _stories(events: list[FeedbackEvent]) -> dict[str, _Story]:
+    stories: dict[str, _Story] = defaultdict(_Story)
+    for event in sorted(events, key=lambda e: e.timestamp):
+        story = stories[event.completion_id]
+        if isinstance(event, CompletionEvent):
+            story.completion = event
+            story.shown.update(c.index for c in event.candidates if c.shown)
+        elif isinstance(event, AcceptedEvent):
+            story.accepted[event.choice] = event
+            story.shown.add(event.choice)
+        elif isinstance(event, RejectedEvent):
+            story.rejected.add(event.choice)
+        elif isinstance(event, RetainedEvent):
+            latest = story.retained.get(event.choice)
+            if latest is None or event.horizon_s >= latest.horizon_s:
+                story.retained[event.choice] = event
+        elif isinstance(event, EditedEvent):
+            story.edited[(event.choice, event.after)] = event
+        else:
+            story.shown.add(event.choice)
+    return stories
+
+
+def _candidate_text(completion: CompletionEvent, choice: int) -> str:
+    return next((c.text for c in completion.candidates if c.index == choice), "")
+
+
+def _target(story: _Story, choice: int, config: DatasetConfig) -> tuple[str, str] | None:
+    """(reference, source) for one shown choice, or None when the developer kept nothing we trust."""
+    corrected = story.edited.get((choice, "accepted"))
+    if choice in story.accepted:
+        if corrected is not None and corrected.text.strip():
+            return corrected.text, "corrected"
+        retained = story.retained.get(choice)
+        if retained is not None:
+            if retained.similarity < config.min_retained or not retained.text.strip():
+                return None
+            return retained.text, "retained"
+        accepted = story.accepted[choice]
+        text = _candidate_text(story.completion, choice) if story.completion else ""
+        taken = text if accepted.accepted_length is None else text[: accepted.accepted_length]
+        return (taken, "retained") if taken.strip() else None
+    written = story.edited.get((choice, "rejected"))
+    if written is not None and written.text.strip():
+        return written.text, "written"
+    return None
+
+
+def _samples(stories: dict[str, _Story], config: DatasetConfig) -> list[Sample]:
+    samples = []
+    for cid, story in stories.items():
+        completion = story.completion
+        if completion is None:
+            continue  # the context never arrived (e.g. recorded by an older server): nothing to learn
+        for choice in sorted(story.shown | set(story.accepted) | {k[0] for k in story.edited}):
+            target = _target(story, choice, config)
+            if target is None or len(target[0]) > config.max_reference_chars:
+                continue
+            samples.append(
+                Sample(
+                    prefix=completion.prefix,
+                    suffix=completion.suffix,
+                    reference=target[0],
+                    language=completion.language or "text",
+                    filepath=completion.filepath or completion.filepath_hash or "",
+                    source=target[1],
+                    completion_id=cid,
+                    timestamp=completion.timestamp.timestamp(),
+                    model_version=completion.model_version,
+                    shown_text=_candidate_text(completion, choice),
+                )
+            )
+    return samples
+
+
+def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
+    rows = []
+    for story in stories.values():
+        completion = story.completion
+        if completion is None:
+            continue
+        for candidate in completion.candidates:
+            if candidate.index not in story.shown or not candidate.text:
+                continue
+            retained = story.retained.get(candidate.index)
+            value_input = ValueInput(
+                completion.prefix,
+                completion.suffix,
+                candidate.text,
+                candidate.logprobs,
+                candidate.parse_valid,
+                candidate.score,
+            )
+            rows.append(
+                ValueRow(
+                    value_input,
+                    accepted=candidate.index in story.accepted,
+                    retained=retained.similarity if retained else None,
+                    file=completion.filepath or completion.filepath_hash or "",
+                    timestamp=completion.timestamp.timestamp(),
+                )
+            )
+    return rows
+
+
+def file_bucket(path: str) -> float:
+    digest = hashlib.sha256(f"dataset:{path}".encode("utf-8", "replace")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _split(items: list, file_of, time_of, config: DatasetConfig) -> tuple[list, list]:
+    """Held out: files in the held-out bucket, and the newest slice; train never shares a file with it."""
+    if not items:
+        return [], []
+    times = sorted(time_of(x) for x in items)
+    cutoff = times[min(len(times) - 1, int(len(times) * (1 - config.heldout_recent)))]
+    heldout = [x for x in items if file_bucket(file_of(x)) < config.heldout_files or time_of(x) >= cutoff]
+    heldout_files = {file_of(x) for x in heldout}
+    train = [x for x in items if file_of(x) not in heldout_files]
+    return train, heldout
+
+
+def build_dataset(events: list[FeedbackEvent], config: DatasetConfig | None = None) -> Dataset:
+    config = config or DatasetConfig()
+    stories = _stories(events)
+    unique: dict[str, Sample] = {}
+    for sample in _samples(stories, config):
+        unique.setdefault(sample.key(), sample)
+    samples = list(unique.values())
+    sft_train, sft_heldout = _split(samples, lambda s: s.filepath, lambda s: s.timestamp, config)
+    rows = _value_rows(stories)
+    value_train, value_heldout = _split(rows, lambda r: r.file, lambda r: r.timestamp, config)
+    by_source = defaultdict(int)
+    for sample in samples:
+        by_source[sample.source] += 1
+    stats = {
+        "events": len(events),
+        "completions": sum(s.completion is not None for s in stories.values()),
+        "samples": len(samples),
+        "duplicates_dropped": len(_samples(stories, config)) - len(samples),
+        "by_source": dict(by_source),
+        "sft_train": len(sft_train),
+        "sft_heldout": len(sft_heldout),
+        "value_rows": len(rows),
+        "value_positives": sum(r.label for r in rows),
+    }
+    return Dataset(sft_train, sft_heldout, value_train, value_heldout, stats)
+
+
+class FeedbackArchive:
+    """Every event the trainer has consumed, in one fsynced JSONL file; datasets are built from it.
+
+    Events are acknowledged on the stream only after they are here, so a crash between the two
+    re-delivers them, and the archive drops the duplicates by ``event_id``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def append(self, events: list[FeedbackEvent]) -> int:
+        """Append events not yet archived; durable on return. Returns how many were new."""
+        seen = self._ids()
+        fresh = [e for e in events if e.event_id not in seen]
+        if not fresh:
+            return 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+        with self.path.open("a", encoding="utf-8") as out:
+            if torn:
+                out.write("\n")  # end a line torn by a crash so the next event starts clean
+            for event in fresh:
+                out.write(event.model_dump_json() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        return len(fresh)
+
+    def events(self) -> list[FeedbackEvent]:
+        if not self.path.is_file():
+            return []
+        events = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    events.append(event_from_json(line))
+                except ValueError:
+                    continue  # a torn last line from a crash mid-write: the stream re-delivers it
+        return events
+
+    def _ids(self) -> set[str]:
+        return {e.event_id for e in self.events()}
+
+
+def write_jsonl(path: Path, samples: list[Sample]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for sample in samples:
+            out.write(json.dumps(asdict(sample)) + "\n")

@@ -1,0 +1,107 @@
+"""Feedback events → SFT samples, value rows and a split that never shares a file."""
+
+from datetime import UTC, datetime, timedelta
+
+from editloop.feedback.events import parse_event
+from editloop.training.dataset import DatasetConfig, FeedbackArchive, build_dataset
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _story(cid: str, path: str, minute: int, candidate: str, *after: dict) -> list:
+    base = {"completion_id": cid, "timestamp": (T0 + timedelta(minutes=minute)).isoformat()}
+    events = [
+        {
+            **base,
+            "type": "completion",
+            "event_id": f"{cid}-c",
+            "prefix": "def f(x):\n    ",
+            "suffix": "\n",
+            "language": "python",
+            "filepath": path,
+            "candidates": [
+                {"index": 0, "text": candidate, "score": 0.4, "shown": True, "logprobs": [-0.5, -1.0]}
+            ],
+        },
+        {**base, "type": "shown", "event_id": f"{cid}-s"},
+    ]
+    events += [{**base, "event_id": f"{cid}-{i}", **a} for i, a in enumerate(after)]
+    return [parse_event(e) for e in events]
+
+
+def test_targets_follow_what_the_developer_kept() -> None:
+    events = [
+        *_story(
+            "kept",
+            "a.py",
+            0,
+            "return x",
+            {"type": "accepted"},
+            {"type": "retained", "horizon_s": 30, "text": "return x", "similarity": 1.0},
+            {"type": "retained", "horizon_s": 600, "text": "return x + 1", "similarity": 0.8},
+        ),
+        *_story(
+            "fixed",
+            "b.py",
+            1,
+            "return y",
+            {"type": "accepted"},
+            {"type": "edited", "after": "accepted", "text": "return x * 2"},
+        ),
+        *_story(
+            "wrote",
+            "c.py",
+            2,
+            "pass",
+            {"type": "rejected"},
+            {"type": "edited", "after": "rejected", "text": "return -x"},
+        ),
+        *_story(
+            "lost",
+            "d.py",
+            3,
+            "return 0",
+            {"type": "accepted"},
+            {"type": "retained", "horizon_s": 600, "text": "", "similarity": 0.1},
+        ),
+        *_story("ignored", "e.py", 4, "x", {"type": "rejected"}),
+        *_story("partial", "f.py", 5, "return abc", {"type": "accepted", "accepted_length": 6}),
+    ]
+    data = build_dataset(events, DatasetConfig(heldout_files=0.0, heldout_recent=0.0))
+    targets = {s.completion_id: (s.reference, s.source) for s in data.sft_train + data.sft_heldout}
+    assert targets == {
+        "kept": ("return x + 1", "retained"),
+        "fixed": ("return x * 2", "corrected"),
+        "wrote": ("return -x", "written"),
+        "partial": ("return", "retained"),
+    }
+    labels = {r.input.candidate: r.label for r in data.value_rows}
+    assert labels == {"return x": 1, "return y": 1, "pass": 0, "return 0": 0, "x": 0, "return abc": 1}
+    assert data.stats["samples"] == 4
+
+
+def test_duplicates_dropped_and_split_never_shares_a_file() -> None:
+    events = []
+    for i in range(60):
+        events += _story(f"c{i}", f"pkg/m{i % 20}.py", i, f"return {i % 20}", {"type": "accepted"})
+    data = build_dataset(events, DatasetConfig(heldout_files=0.3, heldout_recent=0.1))
+    assert data.stats["duplicates_dropped"] == 40  # same file, context and target
+    train_files = {s.filepath for s in data.sft_train}
+    heldout_files = {s.filepath for s in data.sft_heldout}
+    assert train_files and heldout_files and not train_files & heldout_files
+    assert max(s.timestamp for s in data.sft_train + data.sft_heldout) in {
+        s.timestamp for s in data.sft_heldout
+    }
+
+
+def test_archive_is_idempotent_and_survives_a_torn_line(tmp_path) -> None:
+    archive = FeedbackArchive(tmp_path / "archive.jsonl")
+    events = _story("a", "a.py", 0, "x", {"type": "accepted"})
+    assert archive.append(events) == 3
+    assert archive.append(events) == 0
+    with archive.path.open("a") as out:
+        out.write('{"type": "accep')  # a crash mid-write
+    assert [e.event_id for e in archive.events()] == [e.event_id for e in events]
+    more = _story("b", "b.py", 1, "y", {"type": "rejected"})
+    assert archive.append(more) == 3
+    assert [e.event_id for e in archive.events()] == [e.event_id for e in events + more]
