@@ -75,3 +75,27 @@ class BackendError(EditloopError):
     """A model backend that cannot answer now (a remote server down, timing out or replying nonsense)."""
 
     code = "backend_unavailable"
+
+
+class TrainingDataError(EditloopError):
+    """Training rows that cannot be used: missing fields, or none left after filtering."""
+
+    code = "invalid_training_data"
+
+
+class FeedbackError(EditloopError):
+    """The feedback log cannot take or give events now (Redis down, misconfigured, not durable)."""
+
+    code = "feedback_unavailable"
+
+
+class SandboxError(EditloopError):
+    """A sandbox asked for something it cannot do (an unknown toolchain, a file path outside it)."""
+
+    code = "sandbox_error"
+
+
+class SandboxUnavailableError(SandboxError):
+    """No sandbox can run here (bubblewrap missing or refused); editloop will not run code unconfined."""
+
+    code = "sandbox_unavailable"

@@ -89,6 +89,109 @@ class Settings(BaseSettings):
     cache_entries: int = Field(default=100, ge=0, description="LRU completion cache size (0 disables).")
     cache_ttl_s: float = Field(default=300.0, gt=0, description="Completion cache entry lifetime.")
 
+    # Feedback log (Redis streams)
+    redis_url: str | None = Field(
+        default=None,
+        description="External Redis, e.g. rediss://user:password@host:6380/0; unset: editloop runs its own.",
+    )
+    redis_ca_file: Path | None = Field(default=None, description="CA bundle for a rediss:// server.")
+    redis_server_bin: str = Field(default="redis-server", description="Binary of the embedded Redis.")
+    feedback_enabled: bool = Field(default=True, description="Record completions and accept feedback.")
+    feedback_dedupe_ttl_s: int = Field(
+        default=7 * 86400, ge=60, description="How long an event_id is remembered to drop retries."
+    )
+    feedback_max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        description="Deliveries to a consumer before an event goes to the dead-letter stream.",
+    )
+    feedback_retention_days: float = Field(
+        default=90.0, gt=0, description="Trim events older than this (never ones a consumer has not acked)."
+    )
+    feedback_opt_out_users: list[str] = Field(
+        default=[], description="Users whose events are dropped (counted, never stored)."
+    )
+    feedback_code_free: bool = Field(
+        default=False, description="Store hashes and metrics only: no prefix, suffix or completion text."
+    )
+    feedback_private_paths: bool = Field(
+        default=False, description="Store a hash of each file path instead of the path."
+    )
+    feedback_default_project: str = Field(
+        default="default", pattern=r"^[A-Za-z0-9_.:\-]+$", description="Project of events that name none."
+    )
+    dashboard_bucket_s: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="Finest time bucket of /dashboard charts (seconds); smaller costs server memory.",
+    )
+
+    # Trainer (retrain cycles)
+    trainer: bool = Field(
+        default=True, description="Run the trainer beside `editloop serve` (a lower-priority process)."
+    )
+    retrain_min_events: int = Field(
+        default=500, ge=0, description="Start a cycle once this many new feedback events arrived (0: never)."
+    )
+    retrain_every_min: float = Field(
+        default=0.0, ge=0, description="Start a cycle this often (0: no schedule)."
+    )
+    retrain_min_samples: int = Field(
+        default=20, ge=1, description="Skip a cycle with fewer training samples than this."
+    )
+    retrain_sft_steps: int = Field(default=60, ge=1, description="SFT optimizer steps per cycle.")
+    retrain_grpo_steps: int = Field(default=10, ge=0, description="GRPO optimizer steps per cycle (0: skip).")
+    retrain_projects: list[str] = Field(
+        default=[], description="Feedback projects the trainer learns from (JSON list); empty: all of them."
+    )
+    retrain_learning_rate: float = Field(
+        default=1e-3, gt=0, description="SFT learning rate of the LoRA adapter."
+    )
+    retrain_device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where cycles train.")
+    retrain_general_samples: int = Field(
+        default=60, ge=0, description="Held-out stdlib lines the gate checks for forgetting (0: skip)."
+    )
+    retrain_humaneval_tasks: int = Field(
+        default=0, ge=0, description="HumanEval single-line tasks the gate runs in the sandbox (0: skip)."
+    )
+    retrain_general_tolerance: float = Field(
+        default=0.02, ge=0, le=1, description="Largest general-code drop the gate lets through."
+    )
+
+    # LSP server (`editloop lsp`); an editor's initializationOptions override these per session
+    lsp_server_url: str | None = Field(
+        default=None, description="A running `editloop serve` to complete from; unset: an in-process model."
+    )
+    lsp_token: str | None = Field(default=None, description="Bearer token for lsp_server_url.")
+    lsp_languages: list[str] = Field(
+        default=[], description="LSP language ids to complete (JSON list); empty: every language."
+    )
+    lsp_debounce_ms: int = Field(
+        default=150, ge=0, le=5000, description="Wait this long after typing before an automatic completion."
+    )
+    lsp_candidates: int = Field(
+        default=3, ge=1, le=16, description="Candidates per LSP completion; an automatic one shows the best."
+    )
+    lsp_retention_horizons_s: list[float] = Field(
+        default=[30.0, 120.0, 600.0],
+        min_length=1,
+        description="Seconds after an accept at which the kept text is reported (`retained` events).",
+    )
+    lsp_edit_settle_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Quiet seconds before what a user wrote in place of a completion counts.",
+    )
+    lsp_telemetry: bool = Field(default=True, description="Send the editor's feedback events; false: none.")
+
+    @field_validator("lsp_retention_horizons_s")
+    @classmethod
+    def _positive_horizons(cls, horizons: list[float]) -> list[float]:
+        if any(h <= 0 for h in horizons):
+            raise ValueError("every retention horizon must be > 0 seconds")
+        return sorted(horizons)
+
     @field_validator("home")
     @classmethod
     def _home_usable(cls, home: Path) -> Path:
@@ -110,6 +213,14 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    @property
+    def feedback_dir(self) -> Path:
+        return self.home / "feedback"
 
     @classmethod
     def settings_customise_sources(

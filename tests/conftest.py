@@ -7,6 +7,7 @@ import pytest
 from editloop.models.bootstrap import BootstrapOptions, bootstrap
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings, load_settings
+from tests.redis_fixtures import redis_proc, redis_url  # noqa: F401  (a real redis-server per test)
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,8 @@ def copy_home(source: Settings, target: Path) -> Path:
 
 @contextmanager
 def running_server(home: Path, **overrides: object) -> Iterator[tuple[str, Settings, FastAPI]]:
-    settings = load_settings(
-        home=home, port=free_port(), api_tokens=[USER], admin_token=ADMIN, registry_poll_s=0.2, **overrides
-    )
+    defaults = {"port": free_port(), "api_tokens": [USER], "admin_token": ADMIN, "registry_poll_s": 0.2}
+    settings = load_settings(home=home, **{**defaults, **overrides})
     with background_server(settings) as (url, app):
         yield url, settings, app
 

@@ -8,14 +8,21 @@ for want of a transport); it answers ``textDocument/completion``, not
 there is no ``workspace/didChangeConfiguration`` handler. So each agent runs with its own HOME.
 It calls ``GET /v1/health`` while initializing (a 401 or 403 there makes it "unauthorized") and
 ``POST /v1/completions`` per request; ``/v1beta/server_setting`` only for servers reporting
-version >= 0.9.0 (ours reports ``editloop-0.1.0``), and never ``/v1/events`` in LSP mode.
+version >= 0.9.0 (ours reports ``editloop-0.1.0``), and never ``/v1/events`` in LSP mode. Its
+JSON-lines mode (``--stdio`` alone, what Tabby's editor plugins drive) has ``postEvent``, which
+posts ``{type: view|select|dismiss, completion_id, choice_index, view_id, elapsed}`` (plus
+``?select_kind=line``) to ``/v1/events``: the last test checks those land in the feedback log.
 """
 
 import asyncio
 import json
 import os
+import queue
 import re
 import shutil
+import subprocess
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -256,3 +263,109 @@ def test_agent_reports_a_wrong_token_as_unauthorized(server, tmp_path) -> None:
     assert {m.message for m in agent.messages} == {"Tabby agent status: unauthorized"}  # once or twice
     assert ("GET", "/tabby/v1/health", 401) in [(h.method, h.path, h.status) for h in hits]
     assert replies == [[]] * len(CURSORS)  # the completion 401 is logged by the agent, not shown
+
+
+class JsonLinesAgent:
+    """``tabby-agent --stdio`` without ``--lsp``: its JSON-lines protocol, the one Tabby's editor
+    plugins drive and the only one where it posts ``/v1/events``. A request is
+    ``[id, {"func": name, "args": [...]}]``, its answer ``[id, result]``; ``[0, event]`` lines are
+    agent events (status changes), skipped here."""
+
+    def __init__(self, home: Path) -> None:
+        self.process = subprocess.Popen(
+            [str(AGENT), "--stdio"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "HOME": str(home)},
+            cwd=str(home),
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.next_id = 1
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("["):  # its log lines go to stdout too
+                self.lines.put(line)
+
+    def call(self, func: str, *args: object) -> object:
+        request_id, self.next_id = self.next_id, self.next_id + 1
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps([request_id, {"func": func, "args": list(args)}]) + "\n")
+        self.process.stdin.flush()
+        deadline = time.monotonic() + STEP_S
+        while time.monotonic() < deadline:
+            try:
+                answer_id, result = json.loads(self.lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                break
+            if answer_id == request_id:
+                return result
+        raise AssertionError(f"tabby-agent did not answer {func} within {STEP_S} s")
+
+    def close(self) -> None:
+        self.process.terminate()  # it finalizes on SIGTERM
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def test_agent_telemetry_lands_in_the_feedback_log(server, tmp_path) -> None:
+    """view → shown, select (line) → accepted, each under the completion the agent got from us."""
+    url, app = server
+    config = tmp_path / ".tabby-client" / "agent" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(CONFIG.format(endpoint=f"{url}/tabby", token=USER))
+    agent = JsonLinesAgent(tmp_path)
+    prefix, _ = split_at(CURSORS[0])
+    git = {"root": "/project", "remotes": [{"name": "origin", "url": "https://github.com/example/demo.git"}]}
+    try:
+        assert (
+            agent.call("initialize", {"clientProperties": {"session": {"client": "editloop-tests"}}}) is True
+        )
+        with recorded_requests(app) as hits:
+            completion = agent.call(
+                "provideCompletions",
+                {
+                    "filepath": "/project/example.py",
+                    "language": "python",
+                    "text": DOCUMENT,
+                    "position": len(prefix),
+                    "manually": True,
+                    "git": git,
+                },
+            )
+            completion_id = completion["id"]
+            view = {"type": "view", "completion_id": completion_id, "choice_index": 0, "view_id": "v1"}
+            select = {**view, "type": "select", "elapsed": 700, "select_kind": "line"}
+            assert agent.call("postEvent", view) is True
+            assert agent.call("postEvent", select) is True
+            assert agent.call("postEvent", view) is True  # the same view again: stored once
+    finally:
+        agent.close()
+
+    posted = [h for h in hits if h.path == "/tabby/v1/events"]
+    assert [(h.status, json.loads(h.request)["type"]) for h in posted] == [
+        (202, "view"),
+        (202, "select"),
+        (202, "view"),
+    ]
+    store = app.state.services.feedback.log.store
+    project = "github.com_example_demo"  # from the git remote the agent sent as segments.git_url
+
+    def recorded() -> list:
+        return [s.event for s in store.events(project) if s.event.completion_id == completion_id]
+
+    deadline = time.monotonic() + STEP_S  # the completion event is written off the request path
+    while len(events := recorded()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(e.type for e in events) == ["accepted", "completion", "shown"]
+    by_type = {e.type: e for e in events}
+    assert by_type["completion"].source == "tabby" and by_type["completion"].prefix == prefix
+    assert by_type["accepted"].partial == "line" and by_type["accepted"].choice == 0
+    assert by_type["shown"].event_id.startswith("tabby-")

@@ -45,6 +45,13 @@ class CompletionRequest(BaseModel):
     time_budget_ms: int | None = Field(default=None, ge=1, le=60_000, description="Stop decoding after this.")
     document_id: str | None = Field(default=None, description="A newer request for it stops this one.")
     seed: int = 0
+    project: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="Feedback stream of this completion (default: the server's default project).",
+    )
+    user: str | None = Field(default=None, max_length=128, description="Who asked, for feedback events.")
 
     @field_validator("prefix", "suffix")
     @classmethod

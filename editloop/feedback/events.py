@@ -39,6 +39,10 @@ class EventBase(BaseModel):
     user: str = Field(default="anonymous", min_length=1, max_length=128)
     project: Id = Field(default="default", description="One feedback stream per project.")
     timestamp: datetime = Field(default_factory=_now, description="When it happened (UTC).")
+    redacted: int = Field(default=0, ge=0, description="Secrets the privacy filter replaced in its text.")
+    code_free: bool = Field(
+        default=False, description="Its text was dropped; only hashes and metrics remain."
+    )
 
     @field_validator("timestamp")
     @classmethod
@@ -54,6 +58,10 @@ class Candidate(BaseModel):
     score: float | None = None
     shown: bool = Field(default=False, description="Returned to the client (not dropped or abstained).")
     dropped: str | None = Field(default=None, description="Why the engine dropped it, if it did.")
+    text_hash: str | None = Field(
+        default=None, max_length=64, description="Keyed hash of the text (code-free)."
+    )
+    text_chars: int | None = Field(default=None, ge=0, description="Length of the text (code-free).")
     logprobs: list[float] | None = Field(
         default=None, max_length=1024, description="Token log-probabilities of its text (value-model input)."
     )
@@ -69,6 +77,8 @@ class CompletionEvent(EventBase):
     language: str | None = Field(default=None, max_length=64)
     filepath: str | None = Field(default=None, max_length=1024, description="Unset in private-path mode.")
     filepath_hash: str | None = Field(default=None, max_length=64)
+    prefix_hash: str | None = Field(default=None, max_length=64, description="Keyed hash (code-free).")
+    suffix_hash: str | None = Field(default=None, max_length=64, description="Keyed hash (code-free).")
     model_version: str = Field(default="unknown", max_length=128)
     mode: Literal["line", "block"] | None = None
     candidates: list[Candidate] = Field(default=[], max_length=32)
@@ -98,6 +108,9 @@ class AcceptedEvent(EventBase):
     accepted_length: int | None = Field(
         default=None, ge=0, description="Characters taken on a partial accept; unset: all of it."
     )
+    partial: Literal["line", "word"] | None = Field(
+        default=None, description="A partial accept the client names but does not measure (Tabby's line)."
+    )
 
 
 class RejectedEvent(EventBase):
@@ -114,6 +127,8 @@ class RetainedEvent(EventBase):
     horizon_s: float = Field(gt=0, description="Seconds after acceptance.")
     text: str = Field(max_length=TEXT_LIMIT, description="The region's text now.")
     similarity: float = Field(ge=0, le=1, description="Edit similarity to what was accepted.")
+    text_hash: str | None = Field(default=None, max_length=64, description="Keyed hash of text (code-free).")
+    text_chars: int | None = Field(default=None, ge=0, description="Length of text (code-free).")
 
 
 class EditedEvent(EventBase):
@@ -121,8 +136,13 @@ class EditedEvent(EventBase):
 
     type: Literal["edited"] = "edited"
     choice: int = Field(default=0, ge=0)
-    after: Literal["rejected", "accepted"] = "rejected"
+    after: Literal["rejected", "accepted", "abstained"] = Field(
+        default="rejected",
+        description="What the completion met: rejected, accepted (then changed), or abstained (none shown).",
+    )
     text: str = Field(max_length=TEXT_LIMIT, description="The line or block the user ended up with.")
+    text_hash: str | None = Field(default=None, max_length=64, description="Keyed hash of text (code-free).")
+    text_chars: int | None = Field(default=None, ge=0, description="Length of text (code-free).")
 
 
 FeedbackEvent = Annotated[

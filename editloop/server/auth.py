@@ -24,7 +24,9 @@ def _matches(token: str | None, allowed: list[str]) -> bool:
     return token is not None and any(hmac.compare_digest(token, a) for a in allowed)
 
 
-def require_user(request: Request) -> None:
+async def require_user(request: Request) -> None:
+    # async on purpose: FastAPI runs a sync dependency in its threadpool, a thread handoff per
+    # request that cost more than the whole /feedback route (profiled: ~0.3 ms of 0.75 ms).
     settings = services_of(request).settings
     allowed = [*settings.api_tokens, *([settings.admin_token] if settings.admin_token else [])]
     if not allowed:
@@ -33,7 +35,7 @@ def require_user(request: Request) -> None:
         raise AuthError("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     settings = services_of(request).settings
     if not settings.admin_token:
         if settings.api_tokens:

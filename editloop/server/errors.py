@@ -23,6 +23,7 @@ STATUS = {
     errors.OverloadedError: 503,
     errors.ModelError: 503,
     errors.BackendError: 502,
+    errors.FeedbackError: 503,
 }
 
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from editloop.completion.cache import CompletionCache
-from editloop.completion.engine import CompletionEngine, EngineConfig
+from editloop.completion.builder import build_engine, build_models
+from editloop.completion.engine import CompletionEngine
 from editloop.completion.types import CompletionRequest, CompletionResult
 from editloop.errors import OverloadedError
-from editloop.models.backend import Backend
 from editloop.models.manager import ModelManager
-from editloop.models.registry import ModelVersion, Registry
+from editloop.models.registry import Registry
+from editloop.server.feedback import FeedbackService
 from editloop.server.metrics import Metrics
 from editloop.settings import Settings
 
@@ -50,6 +50,7 @@ class Services:
     engine: CompletionEngine
     metrics: Metrics
     limiter: Limiter
+    feedback: FeedbackService | None = None  # set in the lifespan once its Redis is up
 
     async def complete(self, http: Request, request: CompletionRequest, endpoint: str) -> CompletionResult:
         """Run the engine off the event loop; a client that hangs up stops the decode."""
@@ -69,61 +70,20 @@ class Services:
             result = task.result()
         finally:
             self.limiter.release()
-        self.metrics.observe(endpoint, result, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(endpoint, result, elapsed)
+        if self.feedback is not None:
+            self.feedback.record_completion(request, result, endpoint, elapsed)
         return result
 
 
-def backend_factory(settings: Settings):
-    """How a registry version becomes a running backend, per the settings."""
-
-    def load(version: ModelVersion) -> Backend:
-        if settings.backend == "remote":
-            from editloop.models.remote import RemoteBackend
-
-            return RemoteBackend(
-                settings.remote_url or "",
-                settings.remote_model,
-                version.tokenizer_path(),
-                version.manifest.fim,
-                version.name,
-                n_ctx=_context_length(version),
-                api_key=settings.remote_api_key,
-            )
-        from editloop.models.llama import LlamaBackend
-
-        return LlamaBackend.from_version(
-            version,
-            quant=settings.model_quant,
-            n_threads=settings.model_threads or None,
-            max_candidates=settings.max_candidates,
-        )
-
-    return load
-
-
-def _context_length(version: ModelVersion) -> int:
-    import gguf
-
-    reader = gguf.GGUFReader(version.gguf_path())
-    arch = version.manifest.arch or "llama"
-    field = reader.fields[f"{arch}.context_length"]
-    return int(field.parts[field.data[0]][0])
-
-
 def build_services(settings: Settings, models: ModelManager | None = None) -> Services:
-    registry = Registry(settings.models_dir)
-    models = models or ModelManager(registry, backend_factory(settings))
-    cache = CompletionCache(settings.cache_entries, settings.cache_ttl_s) if settings.cache_entries else None
-    config = EngineConfig(
-        abstain_threshold=settings.abstain_threshold,
-        default_max_tokens=settings.default_max_tokens,
-        max_candidates=settings.max_candidates,
-    )
+    models = models or build_models(settings)
     return Services(
         settings,
-        registry,
+        Registry(settings.models_dir),
         models,
-        CompletionEngine(models, config, cache),
+        build_engine(settings, models),
         Metrics(),
         Limiter(settings.max_pending),
     )

@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from editloop.completion.types import CompletionRequest, CompletionResult
 from editloop.server.auth import require_user, services_of
@@ -23,10 +24,12 @@ async def complete(body: CompletionRequest, request: Request) -> CompletionResul
 async def health(request: Request) -> dict:
     services = services_of(request)
     model = services.models.status()
+    feedback = await run_in_threadpool(services.feedback.status) if services.feedback else {"status": "off"}
     return {
         "status": "ok" if model["version"] else "no_model",
         "model": model,
         "pending": services.limiter.pending,
+        "feedback": feedback,
     }
 
 

@@ -2,13 +2,17 @@
 
 import os
 import platform
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from editloop import __version__
 from editloop.completion.types import CompletionRequest, Snippet
 from editloop.server.auth import require_user, services_of
+from editloop.server.feedback import TabbyEvent, project_of, tabby_feedback
+from editloop.server.routes.feedback import feedback_of
 
 router = APIRouter(prefix="/tabby/v1", dependencies=[Depends(require_user)])
 
@@ -24,6 +28,7 @@ class Segments(BaseModel):
     prefix: str = ""
     suffix: str | None = None
     filepath: str | None = Field(default=None, max_length=1024)
+    git_url: str | None = Field(default=None, max_length=2048)
     declarations: list[TabbySnippet] | None = None
     relevant_snippets_from_changed_files: list[TabbySnippet] | None = None
     relevant_snippets_from_recently_opened_files: list[TabbySnippet] | None = None
@@ -60,9 +65,22 @@ async def completions(body: TabbyCompletionRequest, request: Request) -> dict:
         temperature=body.temperature if body.temperature is not None else 0.7,
         seed=body.seed or 0,
         document_id=f"tabby:{body.user or ''}:{body.segments.filepath}" if body.segments.filepath else None,
+        project=project_of(body.segments.git_url),
+        user=body.user[:128] if body.user else None,
     )
     result = await services_of(request).complete(request, engine_request, "tabby")
     return {"id": result.id, "choices": [{"index": c.index, "text": c.text} for c in result.choices]}
+
+
+@router.post("/events", status_code=202, summary="Tabby-compatible completion events (view, select, dismiss)")
+async def events(
+    body: TabbyEvent,
+    request: Request,
+    select_kind: Annotated[Literal["line"] | None, Query()] = None,
+) -> Response:
+    service = feedback_of(request)
+    await service.submit([tabby_feedback(body, select_kind, service.origin_of(body.completion_id))])
+    return Response(status_code=202)
 
 
 @router.get("/health", summary="Tabby-compatible health")
