@@ -1,0 +1,173 @@
+"""``editloop eval …``: measure a model on HumanEval infilling, held-out FIM and held-out lines."""
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, get_args
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from editloop.completion.types import Mode
+from editloop.errors import BackendError, BadRequestError
+from editloop.models.cli import eval_lines
+from editloop.settings import load_settings
+
+app = typer.Typer(
+    help="Measure a model: HumanEval infilling pass@1, held-out FIM, held-out lines.",
+    no_args_is_help=True,
+)
+app.command("lines")(eval_lines)
+
+DATA_HELP = (
+    "single-line, multi-line, random-span-light (bundled HumanEval infilling sets) or a .jsonl(.gz) path"
+)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def _at_least_one(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise BadRequestError(f"{name} must be at least 1, got {value}")
+
+
+@app.command("humaneval-infill")
+def humaneval_infill(
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "single-line",
+    limit: Annotated[int | None, typer.Option(help="only the first N tasks")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    oracle: Annotated[bool, typer.Option(help="score the canonical solutions (must be 100%)")] = False,
+    server: Annotated[str | None, typer.Option(help="a running editloop server's URL")] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token for --server")] = None,
+    version: Annotated[str, typer.Option(help="model version when no --server")] = "current",
+    mode: Annotated[
+        str | None, typer.Option(help="line, block or auto (default: by set: line, block, auto)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="tasks executed at once")] = 2,
+    unsafe_no_sandbox: Annotated[
+        bool, typer.Option(help="run the tests without bubblewrap: trusted data only")
+    ] = False,
+) -> None:
+    """pass@1, exact match and edit similarity on HumanEval infilling, tests run in the sandbox."""
+    from editloop.eval.humaneval import humaneval_pass_at_1, load_tasks
+    from editloop.training.sandbox import open_sandbox
+
+    _at_least_one("--limit", limit)
+    _at_least_one("--workers", workers)
+    if mode is not None and mode not in get_args(Mode):
+        raise BadRequestError(f"--mode must be line, block or auto, got {mode!r}")
+    tasks = load_tasks(data, limit)
+    sandbox = open_sandbox(unsafe_no_sandbox)
+    with _infiller(oracle, server, token, version, tasks) as (infiller, model_version), _progress() as bar:
+        job = bar.add_task(f"humaneval {data}", total=len(tasks))
+        report = humaneval_pass_at_1(
+            infiller,
+            tasks,
+            sandbox,
+            mode=mode,  # type: ignore[arg-type]  # checked against Mode above
+            workers=workers,
+            progress=lambda _: bar.advance(job),
+        )
+    summary = {"data": data, "version": model_version, "mode": mode or "by set", **report.summary()}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    passed = sum(r.passed for r in report.results)
+    typer.echo(
+        f"{data} ({summary['source']}, {model_version}): pass@1 {report.pass_at_1:.4f} "
+        f"({passed}/{report.tasks}), exact match {report.exact_match:.4f}, "
+        f"edit similarity {report.edit_similarity:.4f}, timed out {report.timed_out}, "
+        f"sandbox errors {report.sandbox_errors}"
+    )
+
+
+@contextmanager
+def _infiller(
+    oracle: bool, server: str | None, token: str | None, version: str, tasks: list
+) -> Iterator[tuple]:
+    """Where completions come from, and the model version that gives them."""
+    from editloop.eval.engine import open_engine
+    from editloop.eval.humaneval import EngineInfiller, OracleInfiller, ServerInfiller
+
+    if oracle:
+        yield OracleInfiller.of(tasks), "canonical"
+    elif server:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=60) as client:
+            yield ServerInfiller(client), _server_version(client)
+    else:
+        with open_engine(load_settings(), version) as engine:
+            yield EngineInfiller(engine), engine.models.version
+
+
+def _server_version(client: httpx.Client) -> str | None:
+    try:
+        health = client.get("/health")
+    except httpx.HTTPError as exc:
+        raise BackendError(f"cannot reach the server at {client.base_url}: {exc}") from exc
+    if health.status_code != 200:
+        raise BackendError(f"{client.base_url}/health answered {health.status_code}")
+    return (health.json().get("model") or {}).get("version")
+
+
+@app.command("fim")
+def fim(
+    version: Annotated[str, typer.Argument(help="version name or 'current'")] = "current",
+    corpus: Annotated[
+        list[str] | None,
+        typer.Option(help="held-out split of this corpus (default: the version's own training corpus)"),
+    ] = None,
+    tasks: Annotated[int, typer.Option(help="tasks of each kind (single-line, multi-line)")] = 200,
+    seed: Annotated[int, typer.Option(help="same seed, same tasks: compare versions on it")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Single- and multi-line FIM on held-out code: the model against "empty" and "repeat previous line"."""
+    from editloop.eval.engine import open_engine
+    from editloop.eval.fim import evaluate_fim, fim_tasks
+    from editloop.models.registry import Registry
+
+    _at_least_one("--tasks", tasks)
+    settings = load_settings()
+    model = Registry(settings.models_dir).verify(version)
+    chosen = fim_tasks(heldout_files(model.manifest.training_data, corpus), tasks, seed)
+    if not chosen:
+        raise BadRequestError("no held-out lines to make tasks from; pass a larger --corpus")
+    with open_engine(settings, model.name) as engine, _progress() as bar:
+        job = bar.add_task(f"fim {model.name}", total=len(chosen))
+        report = evaluate_fim(engine, chosen, seed, progress=lambda: bar.advance(job))
+    result = {"version": model.name, **report.to_dict()}
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table("source", "kind", "exact match", "edit similarity", title=f"held-out FIM, {model.name}")
+    for source in ("model", "repeat_previous_line", "empty"):
+        for kind, metrics in result[source].items():
+            table.add_row(source, kind, f"{metrics['exact_match']:.4f}", f"{metrics['edit_similarity']:.4f}")
+    Console().print(table)
+
+
+def heldout_files(training_data: dict, corpus: list[str] | None):
+    """The held-out split of ``corpus`` or of the version's own corpus.
+
+    The split hashes each path, so no held-out file was trained on whatever the training run's size
+    cap; leaving the cap out here gives every version the same files to be scored on.
+    """
+    from editloop.models.corpus import load_corpus
+
+    return load_corpus(
+        corpus or training_data.get("sources", ["stdlib"]),
+        set(training_data.get("languages", ["python"])),
+        exclude=tuple(training_data.get("exclude", ())),
+    ).heldout

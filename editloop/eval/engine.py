@@ -1,0 +1,62 @@
+"""The serving engine over one model version, for measuring it rather than serving it.
+
+>>> with open_engine(load_settings(), "current") as engine:  # doctest: +SKIP
+...     report = evaluate_fim(engine, tasks)
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from editloop.completion.builder import backend_factory
+from editloop.completion.engine import CompletionEngine, EngineConfig
+from editloop.completion.types import CompletionResult
+from editloop.models.backend import Backend
+from editloop.models.registry import Registry
+from editloop.settings import Settings
+
+
+class OneModel:
+    """The engine's model source for a single backend: no registry polling, no hot-swap."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @property
+    def version(self) -> str:
+        return self.backend.version
+
+    @contextmanager
+    def lease(self) -> Iterator[Backend]:
+        yield self.backend
+
+
+def engine_for(backend: Backend, settings: Settings | None = None) -> CompletionEngine:
+    """An engine that always answers: benchmarks score every task, so nothing abstains or is cached."""
+    config = EngineConfig(
+        abstain_threshold=0.0,
+        default_max_tokens=settings.default_max_tokens if settings else EngineConfig.default_max_tokens,
+        max_candidates=settings.max_candidates if settings else EngineConfig.max_candidates,
+    )
+    return CompletionEngine(OneModel(backend), config, cache=None)  # type: ignore[arg-type]
+
+
+@contextmanager
+def open_engine(settings: Settings, version: str = "current") -> Iterator[CompletionEngine]:
+    """The verified ``version`` of the settings' registry, loaded as the server would load it."""
+    model = Registry(settings.models_dir).verify(version)
+    backend = backend_factory(settings)(model)
+    try:
+        yield engine_for(backend, settings)
+    finally:
+        backend.close()
+
+
+def top_text(result: CompletionResult) -> str:
+    """The text a benchmark scores: the top choice, else the best candidate that survived the filters.
+
+    An abstention is a serving decision; a benchmark still scores what the model would have said.
+    """
+    if result.choices:
+        return result.choices[0].text
+    kept = [c for c in result.candidates if c.dropped is None]
+    return max(kept, key=lambda c: c.score or 0.0).text if kept else ""
