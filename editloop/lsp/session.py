@@ -1,0 +1,211 @@
+"""One editor session: open documents, completions with latest-wins, edit tracking, events out.
+
+Everything the LSP handlers do goes through here, in the editor's terms (URIs, positions,
+versions) but without pygls, so the pygls layer only parses and shapes. Positions are in the
+session's encoding (UTF-16 unless the client negotiated another).
+
+Latency rules for :meth:`Session.complete`: a newer request for the same document makes older
+ones return nothing and sets their ``cancel`` event (the engine stops decoding); automatic
+requests wait ``debounce_ms`` first; a request whose document changed meanwhile returns nothing.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlparse
+
+from editloop.completion.types import Choice, CompletionRequest, CompletionResult
+from editloop.feedback.completions import completion_event
+from editloop.feedback.events import FeedbackEvent
+from editloop.lsp.completer import Completer
+from editloop.lsp.config import LspConfig
+from editloop.lsp.document import Change, Document, Encoding, Position
+from editloop.lsp.sinks import EventPump
+from editloop.lsp.tracking import EditTracker
+
+log = logging.getLogger(__name__)
+
+# Context sent per request, in lines around the cursor (llama.vim's defaults). Cut at line
+# starts, so the prefix keeps its start while the user types and type-ahead still hits the cache.
+LINES_BEFORE = 256
+LINES_AFTER = 64
+
+
+@dataclass
+class Ticket:
+    """One completion request in flight for a document."""
+
+    uri: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Offered:
+    """A completion to show: ranked choices at ``position``, to be inserted there."""
+
+    completion_id: str
+    choices: list[Choice]
+    position: Position
+    result: CompletionResult
+
+
+class Session:
+    def __init__(
+        self,
+        config: LspConfig,
+        completer: Completer,
+        pump: EventPump | None,
+        clock: Callable[[], float] = time.monotonic,
+        warn: Callable[[str], None] = log.warning,
+    ) -> None:
+        self.config = config
+        self.warn = warn  # bad input from the editor: a log line, there and here
+        self.completer = completer
+        self.pump = pump
+        self.clock = clock
+        self.encoding: Encoding = "utf-16"
+        self.root: str | None = None
+        self.documents: dict[str, Document] = {}
+        self.tracker = EditTracker(config.retention_horizons_s, config.edit_settle_s)
+        self.inflight: dict[str, Ticket] = {}
+        self.id = uuid.uuid4().hex[:12]  # server-side latest-wins key: this session's documents only
+
+    # Documents
+
+    def open(self, uri: str, language_id: str, version: int, text: str) -> None:
+        self.documents[uri] = Document(uri, language_id, version, text, self.encoding)
+
+    def change(self, uri: str, version: int, changes: list[Change]) -> None:
+        doc = self.documents.get(uri)
+        if doc is None:
+            self.warn(f"didChange for {uri}, which was never opened: ignored")
+            return
+        edits = doc.apply(version, changes)
+        self.report(self.tracker.edit(doc, edits, self.clock()))
+
+    def close(self, uri: str) -> None:
+        doc = self.documents.pop(uri, None)
+        if doc is not None:
+            self.report(self.tracker.close(doc))
+        ticket = self.inflight.pop(uri, None)
+        if ticket is not None:
+            ticket.cancel.set()
+
+    # Completions
+
+    async def complete(self, uri: str, position: Position, automatic: bool) -> Offered | None:
+        """Ranked choices at ``position``, or None (unknown document, superseded, abstained, ...)."""
+        doc = self.documents.get(uri)
+        if doc is None:
+            self.warn(f"completion asked for {uri}, which is not open: no items")
+            return None
+        if not self.config.completes(doc.language_id):
+            return None
+        ticket = self._begin(uri)
+        version = doc.version
+        try:
+            if automatic and self.config.debounce_ms:
+                await asyncio.sleep(self.config.debounce_ms / 1000)
+            if self._stale(ticket, doc, version):
+                return None
+            offset = doc.offset_at(*position)
+            request = self._request(doc, offset)
+            result = await self.completer.complete(request, ticket.cancel)
+            if self._stale(ticket, doc, version):
+                return None
+            return self._offer(doc, request, offset, result, automatic)
+        except asyncio.CancelledError:  # $/cancelRequest: stop the decode too
+            ticket.cancel.set()
+            raise
+        finally:
+            self._end(ticket)
+
+    def _offer(
+        self,
+        doc: Document,
+        request: CompletionRequest,
+        offset: int,
+        result: CompletionResult,
+        automatic: bool,
+    ) -> Offered | None:
+        choices = result.choices[:1] if automatic else result.choices
+        if not self.completer.records_completions:
+            self.report([completion_event(request, result, source="lsp", shown=len(choices))])
+        if not choices:
+            self.report(self.tracker.abstain(doc, result.id, result.mode, offset, self.clock()))
+            return None
+        self.report(self.tracker.offer(doc, result.id, [c.text for c in choices], result.mode, offset))
+        return Offered(result.id, choices, doc.position_at(offset), result)
+
+    def _request(self, doc: Document, offset: int) -> CompletionRequest:
+        starts = doc.line_starts()
+        line, _ = doc.position_at(offset)
+        begin = starts[max(0, line - LINES_BEFORE)]
+        end = starts[line + LINES_AFTER + 1] if line + LINES_AFTER + 1 < len(starts) else len(doc.text)
+        return CompletionRequest(
+            prefix=doc.text[begin:offset],
+            suffix=doc.text[offset:end],
+            language=doc.language_id or None,
+            filepath=self.relative_path(doc.uri),
+            mode="auto",
+            n=self.config.candidates,
+            document_id=f"{self.id}:{doc.uri}",
+            project=self.config.project,
+            user=self.config.user,
+        )
+
+    def _begin(self, uri: str) -> Ticket:
+        ticket = Ticket(uri)
+        previous = self.inflight.get(uri)
+        if previous is not None:
+            previous.cancel.set()
+        self.inflight[uri] = ticket
+        return ticket
+
+    def _end(self, ticket: Ticket) -> None:
+        if self.inflight.get(ticket.uri) is ticket:
+            del self.inflight[ticket.uri]
+
+    def _stale(self, ticket: Ticket, doc: Document, version: int) -> bool:
+        return ticket.cancel.is_set() or doc.version != version or self.documents.get(doc.uri) is not doc
+
+    # What the editor tells us about a completion
+
+    def shown(self, completion_id: str, choice: int) -> None:
+        self.report(self.tracker.shown(completion_id, choice))
+
+    def accept(self, completion_id: str, choice: int, length: int | None = None) -> None:
+        self.report(self.tracker.accept(completion_id, choice, self.clock(), length))
+
+    def tick(self) -> None:
+        self.report(self.tracker.tick(self.documents, self.clock()))
+
+    def reconfigure(self, config: LspConfig) -> None:
+        self.config = config
+        self.tracker.horizons = tuple(config.retention_horizons_s)
+        self.tracker.settle_s = config.edit_settle_s
+
+    # Events
+
+    def report(self, events: list[FeedbackEvent]) -> None:
+        if self.pump is None or not self.config.telemetry or not events:
+            return
+        origin = {"user": self.config.user} | (
+            {"project": self.config.project} if self.config.project else {}
+        )
+        self.pump.put([e.model_copy(update=origin) for e in events])
+
+    def relative_path(self, uri: str) -> str | None:
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            return None
+        path = PurePosixPath(unquote(parsed.path))
+        root = PurePosixPath(unquote(urlparse(self.root).path)) if self.root else None
+        if root is not None and path.is_relative_to(root):
+            return str(path.relative_to(root))
+        return str(path)
