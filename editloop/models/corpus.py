@@ -92,6 +92,14 @@ def load_corpus(
     return Corpus(train=train, heldout=heldout, excluded=excluded)
 
 
+def read_files(sources: list[str], languages: set[str]) -> list[SourceFile]:
+    """Every usable source file of ``sources``, sorted by path, without a split or a size cap."""
+    unknown = languages - set(LANGUAGES.values())
+    if unknown:
+        raise CorpusError(f"unknown language(s) {sorted(unknown)}; choose from {sorted(LANGUAGES.values())}")
+    return _unique(f for source in sources for f in _read_source(source, languages))
+
+
 def _unique(files: Iterator[SourceFile]) -> list[SourceFile]:
     seen: dict[str, SourceFile] = {}
     for f in files:

@@ -39,8 +39,14 @@ def publish_checkpoint(
     parent: str | None = None,
     activate: bool = False,
     threads: int = 2,
+    kind: str = "export",
+    training_data: dict | None = None,
+    metrics: dict | None = None,
 ) -> ModelVersion:
-    """A new version holding the checkpoint (merged with its adapter) and its verified GGUF files."""
+    """A new version holding the checkpoint (merged with its adapter) and its verified GGUF files.
+
+    Retraining publishes with ``kind="retrain"`` and says what it trained on in ``training_data``.
+    """
     model, tokenizer = load_hf(hf_dir, adapter_dir)
     registry = Registry(settings.models_dir)
     if parent is not None:
@@ -53,7 +59,7 @@ def publish_checkpoint(
             shutil.copytree(adapter_dir, staging / "adapter")
         version = registry.publish(
             staging,
-            kind="export",
+            kind=kind,
             fim=exported.fim,
             arch=exported.arch,
             parent=parent,
@@ -61,7 +67,12 @@ def publish_checkpoint(
             hf_dir="hf",
             tokenizer="hf/tokenizer.json",
             adapter_dir="adapter" if adapter_dir is not None else None,
-            training_data={"hf_dir": str(hf_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None},
+            training_data={
+                "hf_dir": str(hf_dir),
+                "adapter_dir": str(adapter_dir) if adapter_dir else None,
+                **(training_data or {}),
+            },
+            metrics=metrics,
             checks=checks,
         )
     if activate:
