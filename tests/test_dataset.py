@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 from editloop.feedback.events import parse_event
-from editloop.training.dataset import DatasetConfig, FeedbackArchive, build_dataset
+from editloop.training.dataset import DatasetConfig, FeedbackArchive, build_dataset, file_bucket
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -80,18 +80,17 @@ def test_targets_follow_what_the_developer_kept() -> None:
     assert data.stats["samples"] == 4
 
 
-def test_duplicates_dropped_and_split_never_shares_a_file() -> None:
+def test_duplicates_dropped_and_split_by_file_and_time() -> None:
     events = []
     for i in range(60):
         events += _story(f"c{i}", f"pkg/m{i % 20}.py", i, f"return {i % 20}", {"type": "accepted"})
     data = build_dataset(events, DatasetConfig(heldout_files=0.3, heldout_recent=0.1))
     assert data.stats["duplicates_dropped"] == 40  # same file, context and target
-    train_files = {s.filepath for s in data.sft_train}
-    heldout_files = {s.filepath for s in data.sft_heldout}
-    assert train_files and heldout_files and not train_files & heldout_files
-    assert max(s.timestamp for s in data.sft_train + data.sft_heldout) in {
-        s.timestamp for s in data.sft_heldout
-    }
+    held_by_file = {s.filepath for s in data.sft_heldout if file_bucket(s.filepath) < 0.3}
+    assert held_by_file and not held_by_file & {s.filepath for s in data.sft_train}
+    newest_train = max(s.timestamp for s in data.sft_train)
+    recent = [s for s in data.sft_heldout if file_bucket(s.filepath) >= 0.3]
+    assert recent and all(s.timestamp > newest_train for s in recent)
 
 
 def test_archive_is_idempotent_and_survives_a_torn_line(tmp_path) -> None:

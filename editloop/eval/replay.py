@@ -27,7 +27,8 @@ class ReplayConfig:
     partial_accept: bool = True
     pause_after_word: float = 0.25  # chance a developer pauses (and the editor asks) after a word
     typing_cps: float = 6.0  # simulated typing speed: the clock retention horizons run on
-    max_requests: int | None = None  # stop after this many suggestion requests (whole run)
+    max_requests: int | None = None  # stop asking after this many suggestion requests (whole run)
+    max_requests_per_file: int | None = None  # ... and after this many in one file (a sampled replay)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,14 @@ class ReplayStats:
     latencies_ms: list[float] = field(default_factory=list)
     model_versions: set[str] = field(default_factory=set)
 
+    def add(self, other: "ReplayStats") -> None:
+        for name in ("files", "requests", "shown", "accepted", "partial", "abstained", "exact"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.chars_typed += other.chars_typed
+        self.chars_inserted += other.chars_inserted
+        self.latencies_ms += other.latencies_ms
+        self.model_versions |= other.model_versions
+
     def summary(self) -> dict:
         lat = sorted(self.latencies_ms)
         total = self.chars_typed + self.chars_inserted
@@ -109,9 +118,11 @@ def replay(tasks: list[TypingTask], editor: Editor, config: ReplayConfig, progre
         if config.max_requests is not None and stats.requests >= config.max_requests:
             break
         editor.open(task)
+        file_stats = ReplayStats()
         for hunk in task.hunks:
             editor.replace(hunk.offset, hunk.removed, "")
-            _type_hunk(hunk.added, editor, config, rng, stats)
+            _type_hunk(hunk.added, editor, config, rng, file_stats, stats.requests)
+        stats.add(file_stats)
         editor.close()
         stats.files += 1
         if progress is not None:
@@ -119,12 +130,19 @@ def replay(tasks: list[TypingTask], editor: Editor, config: ReplayConfig, progre
     return stats
 
 
+def _budget_left(config: ReplayConfig, file_requests: int, before: int) -> bool:
+    if config.max_requests_per_file is not None and file_requests >= config.max_requests_per_file:
+        return False
+    return config.max_requests is None or before + file_requests < config.max_requests
+
+
 def _type_hunk(
-    text: str, editor: Editor, config: ReplayConfig, rng: random.Random, stats: ReplayStats
+    text: str, editor: Editor, config: ReplayConfig, rng: random.Random, stats: ReplayStats, before: int
 ) -> None:
+    """Type ``text`` at the cursor; ``stats`` counts this file, ``before`` the requests of earlier files."""
     pos, asked = 0, -1
     while pos < len(text):
-        budget_left = config.max_requests is None or stats.requests < config.max_requests
+        budget_left = _budget_left(config, stats.requests, before)
         if pos != asked and budget_left and _asks_here(text, pos, rng, config.pause_after_word):
             asked = pos
             pos += _ask(text[pos:], editor, config, stats)

@@ -87,7 +87,7 @@ def run_replay(
             with lsp_editor(client, settings, key, project) as editor:
                 stats = _with_progress(tasks, editor, config, console)
         else:
-            editor = HttpEditor(client, key, project=project)
+            editor = HttpEditor(client, key, project=project, candidates=settings.lsp_candidates)
             stats = _with_progress(tasks, editor, config, console)
     return report_dict(stats, config, via, split)
 
@@ -111,7 +111,10 @@ def replay_command(
     seed: Annotated[int, typer.Option(help="seeds the developer's pauses")] = 0,
     project: Annotated[str, typer.Option(help="feedback project the events go to")] = "default",
     partial: Annotated[bool, typer.Option(help="accept up to the first mismatch")] = True,
-    max_requests: Annotated[int | None, typer.Option(help="stop after this many requests")] = None,
+    max_requests: Annotated[int | None, typer.Option(help="stop asking after this many requests")] = None,
+    max_requests_per_file: Annotated[
+        int | None, typer.Option(help="ask at most this often per file (a sampled replay)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Type real code like a developer through the LSP or HTTP path; report what completions saved."""
@@ -120,7 +123,12 @@ def replay_command(
     if split not in ("train", "heldout", "all"):
         raise BadRequestError(f"--split must be train, heldout or all, not {split!r}")
     tasks = load_tasks(path, files, commits, split, ratio)  # type: ignore[arg-type]
-    config = ReplayConfig(seed=seed, partial_accept=partial, max_requests=max_requests)
+    config = ReplayConfig(
+        seed=seed,
+        partial_accept=partial,
+        max_requests=max_requests,
+        max_requests_per_file=max_requests_per_file,
+    )
     report = run_replay(
         load_settings(),
         tasks,

@@ -14,6 +14,7 @@ import httpx
 from editloop.errors import BackendError
 from editloop.eval.replay import Suggestion, similarity, span_of
 from editloop.eval.replay_tasks import TypingTask
+from editloop.lsp.session import LINES_AFTER, LINES_BEFORE
 
 FLUSH_EVERY = 256
 
@@ -47,6 +48,7 @@ class HttpEditor:
     user: str = "replay"
     project: str = "default"
     horizons: tuple[float, ...] = (30.0, 120.0, 600.0)
+    candidates: int = 3
     doc: str = ""
     cursor: int = 0
     clock: float = 0.0
@@ -79,14 +81,17 @@ class HttpEditor:
 
     def suggest(self) -> Suggestion | None:
         assert self.task is not None
+        begin, end = context_window(self.doc, self.cursor)
         body = {
-            "prefix": self.doc[: self.cursor],
-            "suffix": self.doc[self.cursor :],
+            "prefix": self.doc[begin : self.cursor],
+            "suffix": self.doc[self.cursor : end],
             "filepath": self.task.path.split("@")[0],
             "language": self.task.language,
             "mode": "auto",
-            "n": 1,
+            "n": self.candidates,  # as editloop's LSP asks: the best of n is shown
             "document_id": f"{self.run_key}:{self.task.path}",
+            "project": self.project,
+            "user": self.user,
         }
         reply = self.client.post("/complete", json=body)
         if reply.status_code != 200:
@@ -98,6 +103,8 @@ class HttpEditor:
         if text:
             self._shown = (suggestion, self.cursor)
             self._emit("shown", suggestion)
+        else:  # nothing shown: what the developer writes here is still what belonged here
+            self._awaiting.append(_Awaiting(suggestion, self.cursor, 1, "abstained"))
         return suggestion
 
     def accept(self, suggestion: Suggestion, length: int) -> None:
@@ -183,6 +190,23 @@ class HttpEditor:
                 **fields,
             }
         )
+
+
+def context_window(text: str, cursor: int) -> tuple[int, int]:
+    """The span an editor sends around the cursor: the LSP server's line window, so both paths agree."""
+    line_start = text.rfind("\n", 0, cursor) + 1
+    begin = line_start
+    for _ in range(LINES_BEFORE):
+        if begin == 0:
+            break
+        begin = text.rfind("\n", 0, begin - 1) + 1
+    end = cursor
+    for _ in range(LINES_AFTER + 1):
+        nxt = text.find("\n", end)
+        if nxt < 0:
+            return begin, len(text)
+        end = nxt + 1
+    return begin, end
 
 
 def run_key(seed: int, model_version: str, split: str, root: str) -> str:

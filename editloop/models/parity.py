@@ -23,7 +23,9 @@ from editloop.errors import ExportError
 from editloop.models.fim import FimTemplate, fim_token_ids
 
 # The agreement each quant must reach; quants not listed are measured and reported only.
-REQUIRED_AGREEMENT = {"f16": 1.0, "q8_0": 0.9}
+# f16 is not held to 100%: a fine-tuned model has near-tied logits where f16 rounding flips the
+# argmax (seen: 99.7% after a retrain). Layout bugs (rope order, pre-tokenizer) land far below.
+REQUIRED_AGREEMENT = {"f16": 0.98, "q8_0": 0.9}
 NEW_TOKENS = 16
 EDGE_CASES = [
     "",

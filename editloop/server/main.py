@@ -1,7 +1,15 @@
 """``editloop serve``: uvicorn over the app, loopback-only unless tokens protect it."""
 
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 
@@ -9,6 +17,7 @@ from editloop.server.app import create_app
 from editloop.settings import Settings
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
 
 
 def is_loopback(host: str) -> bool:
@@ -31,14 +40,45 @@ def effective_host(settings: Settings) -> str:
     return "127.0.0.1"
 
 
+def _as_sidecar() -> None:
+    """In the child: lower priority, and SIGTERM when the server dies however it dies.
+
+    uvicorn re-raises the SIGTERM it handled, so the server's own cleanup may never run.
+    """
+    os.nice(10)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextmanager
+def trainer_sidecar(settings: Settings) -> Iterator[subprocess.Popen | None]:
+    """``editloop trainer`` beside the server, at lower CPU priority so completions stay fast."""
+    if not (settings.trainer and settings.feedback_enabled):
+        yield None
+        return
+    env = {**os.environ, "EDITLOOP_HOME": str(settings.home)}
+    child = subprocess.Popen([sys.executable, "-m", "editloop", "trainer"], env=env, preexec_fn=_as_sidecar)
+    log.info("trainer started beside the server (pid %d); EDITLOOP_TRAINER=false turns it off", child.pid)
+    try:
+        yield child
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def serve(settings: Settings) -> None:
     host = effective_host(settings)
     if not settings.api_tokens:
         log.warning("no API tokens configured: open to local users only, on %s:%d", host, settings.port)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    with trainer_sidecar(settings):
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=5,
+        )

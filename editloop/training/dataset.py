@@ -5,7 +5,8 @@ suffix, language, file) and the candidates; what happened next decides the targe
 
 - accepted and still there at the last retention horizon → the retained text;
 - accepted and then changed (``edited`` after ``accepted``) → the corrected text;
-- rejected and then written by hand (``edited`` after ``rejected``) → the developer's own text.
+- rejected (or nothing shown) and then written by hand (``edited`` after ``rejected`` or
+  ``abstained``) → the developer's own text.
 
 Every shown candidate is also a value-model row (taken and kept or not). Samples are
 deduplicated and split by file (a path hash) and by time (the newest slice) so held-out
@@ -131,7 +132,7 @@ def _target(story: _Story, choice: int, config: DatasetConfig) -> tuple[str, str
         text = _candidate_text(story.completion, choice) if story.completion else ""
         taken = text if accepted.accepted_length is None else text[: accepted.accepted_length]
         return (taken, "retained") if taken.strip() else None
-    written = story.edited.get((choice, "rejected"))
+    written = story.edited.get((choice, "rejected")) or story.edited.get((choice, "abstained"))
     if written is not None and written.text.strip():
         return written.text, "written"
     return None
@@ -200,15 +201,20 @@ def file_bucket(path: str) -> float:
 
 
 def _split(items: list, file_of, time_of, config: DatasetConfig) -> tuple[list, list]:
-    """Held out: files in the held-out bucket, and the newest slice; train never shares a file with it."""
-    if not items:
-        return [], []
-    times = sorted(time_of(x) for x in items)
+    """Held out: every sample of the held-out files (path hash), and the newest slice in time.
+
+    Train never sees a held-out file, and never anything newer than the held-out slice: the
+    model is judged on files it did not train on and on what came after its training data.
+    """
+    by_file = [x for x in items if file_bucket(file_of(x)) < config.heldout_files]
+    rest = [x for x in items if file_bucket(file_of(x)) >= config.heldout_files]
+    if not rest:
+        return [], by_file
+    times = sorted(time_of(x) for x in rest)
     cutoff = times[min(len(times) - 1, int(len(times) * (1 - config.heldout_recent)))]
-    heldout = [x for x in items if file_bucket(file_of(x)) < config.heldout_files or time_of(x) >= cutoff]
-    heldout_files = {file_of(x) for x in heldout}
-    train = [x for x in items if file_of(x) not in heldout_files]
-    return train, heldout
+    recent = [x for x in rest if config.heldout_recent > 0 and time_of(x) >= cutoff]
+    train = [x for x in rest if not (config.heldout_recent > 0 and time_of(x) >= cutoff)]
+    return train, by_file + recent
 
 
 def build_dataset(events: list[FeedbackEvent], config: DatasetConfig | None = None) -> Dataset:

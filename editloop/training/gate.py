@@ -13,14 +13,14 @@ drops by more than its tolerance.
 """
 
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from rapidfuzz.distance import Levenshtein
 
-from editloop.completion.engine import CompletionEngine, EngineConfig
+from editloop.completion.engine import CompletionEngine
 from editloop.completion.types import CompletionRequest
+from editloop.eval.engine import engine_for
 from editloop.models.backend import Backend
 from editloop.models.value import ValueInput, ValueModel
 from editloop.training.dataset import Sample
@@ -41,26 +41,6 @@ class GateConfig:
     confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
     max_samples: int = field(default=200, metadata={"help": "Held-out feedback samples scored at most."})
     seed: int = field(default=0, metadata={"help": "Seeds the bootstrap and sample choice."})
-
-
-class FixedModels:
-    """The engine's model source for one backend that is not (yet) in the registry."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-
-    @property
-    def version(self) -> str:
-        return self.backend.version
-
-    @contextmanager
-    def lease(self) -> Iterator[Backend]:
-        yield self.backend
-
-
-def engine_for(backend: Backend) -> CompletionEngine:
-    # Abstention is judged by the metrics, not applied: both models must answer every context.
-    return CompletionEngine(FixedModels(backend), EngineConfig(abstain_threshold=0.0), cache=None)  # type: ignore[arg-type]
 
 
 def feedback_scores(

@@ -1,8 +1,11 @@
-"""Operators: list versions, activate one, roll back. The model manager picks the change up."""
+"""Operators: versions, activate, roll back; ask for a retrain cycle and watch it."""
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from editloop.errors import FeedbackError
+from editloop.feedback import control
 from editloop.server.auth import require_admin, services_of
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
@@ -46,3 +49,30 @@ async def rollback(request: Request) -> dict:
     activated = await run_in_threadpool(services.registry.rollback)
     await run_in_threadpool(services.models.reload)
     return {"current": activated.name, "serving": services.models.version, "model": services.models.status()}
+
+
+def _control_client(request: Request):
+    services = services_of(request)
+    if services.feedback is None:
+        raise FeedbackError("feedback is off (feedback_enabled=false): retrain cycles need its Redis")
+    return services.feedback.log.store.client
+
+
+class RetrainBody(BaseModel):
+    force: bool = Field(default=False, description="Publish even if the gate fails.")
+
+
+@router.post("/retrain", status_code=202, summary="Ask the trainer for a retrain cycle now")
+async def retrain(request: Request, body: RetrainBody | None = None) -> dict:
+    client = _control_client(request)
+    force = bool(body and body.force)
+    request_id = await run_in_threadpool(control.request_retrain, client, force)
+    alive = await run_in_threadpool(control.trainer_alive, client)
+    return {"request_id": request_id, "queued": True, "trainer_alive": alive}
+
+
+@router.get("/status", summary="The serving model, the running cycle and the last cycles")
+async def status(request: Request, limit: int = 10) -> dict:
+    services = services_of(request)
+    cycles = await run_in_threadpool(control.cycle_status, _control_client(request), max(1, min(limit, 50)))
+    return {"model": services.models.status(), "current": services.registry.current_name(), **cycles}

@@ -1,0 +1,191 @@
+"""The loop's control plane on Redis: retrain requests, cycle state, and new-model notices.
+
+The trainer (``training/worker.py``) and every server share these keys, so operators can ask
+any server or the CLI to retrain and watch the cycle, and every server replica hears of a new
+version at once. All keys live under ``editloop:``::
+
+    cycle:lock            who runs a cycle now (token, TTL): one cycle at a time
+    cycle:state           the running (or last) cycle's state, JSON
+    cycle:history         the last cycles' final states, newest first
+    retrain:requests      operator requests (JSON), FIFO
+    retrain:result:<id>   the final state of one request's cycle
+    trainer:heartbeat     a trainer is alive (TTL)
+    models                pub/sub channel: the name of a newly published version
+"""
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from editloop.errors import EditloopError
+
+log = logging.getLogger(__name__)
+
+LOCK = "editloop:cycle:lock"
+STATE = "editloop:cycle:state"
+HISTORY = "editloop:cycle:history"
+REQUESTS = "editloop:retrain:requests"
+RESULT = "editloop:retrain:result:{}"
+HEARTBEAT = "editloop:trainer:heartbeat"
+MODELS_CHANNEL = "editloop:models"
+HISTORY_KEEP = 50
+LOCK_TTL_S = 60
+RESULT_TTL_S = 7 * 24 * 3600
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class CycleBusyError(EditloopError):
+    code = "cycle_running"
+
+
+@contextmanager
+def cycle_lock(client: redis.Redis, ttl_s: int = LOCK_TTL_S) -> Iterator[str]:
+    """Hold the one-cycle-at-a-time lock, refreshed while held; raise if another holder has it.
+
+    A killed holder stops refreshing, so its lock lapses after ``ttl_s`` and the retry can start.
+    """
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    if not client.set(LOCK, token, nx=True, ex=ttl_s):
+        holder = client.get(LOCK)
+        if not (holder and _dead_local_holder(holder) and client.eval(_RELEASE, 1, LOCK, holder)):
+            raise CycleBusyError("a retrain cycle is already running; wait for it (`editloop status`)")
+        log.warning("took over the cycle lock of a killed trainer (%s)", holder)
+        if not client.set(LOCK, token, nx=True, ex=ttl_s):
+            raise CycleBusyError("a retrain cycle is already running; wait for it (`editloop status`)")
+    done = threading.Event()
+
+    def refresh() -> None:
+        while not done.wait(ttl_s / 3):
+            try:
+                if client.get(LOCK) not in (token, token.encode()):
+                    log.error("the cycle lock was lost (expired or taken)")
+                    return
+                client.expire(LOCK, ttl_s)
+            except redis.RedisError as exc:  # Redis restarting: try again next round
+                log.warning("cannot refresh the cycle lock: %s", exc)
+
+    keeper = threading.Thread(target=refresh, name="cycle-lock", daemon=True)
+    keeper.start()
+    try:
+        yield token
+    finally:
+        done.set()
+        client.eval(_RELEASE, 1, LOCK, token)
+
+
+def _dead_local_holder(holder: str | bytes) -> bool:
+    """The lock belongs to a process on this machine that no longer exists (killed mid-cycle)."""
+    text = holder.decode() if isinstance(holder, bytes) else holder
+    host, _, rest = text.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's trainer: only its TTL can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def publish_state(client: redis.Redis, state: dict) -> None:
+    client.set(STATE, json.dumps(state))
+
+
+def record_final(client: redis.Redis, state: dict, request_id: str | None) -> None:
+    final = json.dumps(state)
+    pipe = client.pipeline()
+    pipe.set(STATE, final)
+    pipe.lpush(HISTORY, final)
+    pipe.ltrim(HISTORY, 0, HISTORY_KEEP - 1)
+    if request_id:
+        pipe.set(RESULT.format(request_id), final, ex=RESULT_TTL_S)
+    pipe.execute()
+
+
+def request_retrain(client: redis.Redis, force: bool = False, reason: str = "operator") -> str:
+    request_id = uuid.uuid4().hex[:12]
+    client.rpush(
+        REQUESTS, json.dumps({"id": request_id, "force": force, "reason": reason, "at": time.time()})
+    )
+    return request_id
+
+
+def next_request(client: redis.Redis, timeout_s: float) -> dict | None:
+    popped = client.blpop([REQUESTS], timeout=max(1, int(timeout_s)))
+    return json.loads(popped[1]) if popped else None
+
+
+def requeue(client: redis.Redis, request: dict) -> None:
+    client.lpush(REQUESTS, json.dumps(request))
+
+
+def wait_result(client: redis.Redis, request_id: str, timeout_s: float, poll_s: float = 0.5) -> dict | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        raw = client.get(RESULT.format(request_id))
+        if raw:
+            return json.loads(raw)
+        time.sleep(poll_s)
+    return None
+
+
+def beat(client: redis.Redis, ttl_s: int) -> None:
+    client.set(HEARTBEAT, str(time.time()), ex=ttl_s)
+
+
+def trainer_alive(client: redis.Redis) -> bool:
+    return bool(client.exists(HEARTBEAT))
+
+
+def cycle_status(client: redis.Redis, limit: int = 10) -> dict:
+    """The running (or last) cycle, the last ones' outcomes, and whether a trainer listens."""
+    raw = client.get(STATE)
+    return {
+        "trainer_alive": trainer_alive(client),
+        "running": bool(client.exists(LOCK)),
+        "queued_requests": client.llen(REQUESTS),
+        "current": json.loads(raw) if raw else None,
+        "history": [json.loads(x) for x in client.lrange(HISTORY, 0, limit - 1)],
+    }
+
+
+def announce_model(client: redis.Redis, version: str) -> int:
+    """Tell every subscribed server a version was published; returns how many heard it."""
+    return int(client.publish(MODELS_CHANNEL, version))
+
+
+def listen_for_models(
+    client: redis.Redis, on_model: Callable[[str], None], stop: threading.Event
+) -> threading.Thread:
+    """Call ``on_model(version)`` for each announcement until ``stop``; reconnects after Redis restarts."""
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(MODELS_CHANNEL)
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message.get("type") == "message":
+                        data = message["data"]
+                        on_model(data.decode() if isinstance(data, bytes) else str(data))
+                pubsub.close()
+            except (redis.RedisError, OSError, TypeError, ValueError) as exc:
+                if stop.is_set():  # the connection closed under us at shutdown
+                    return
+                log.warning("model announcements: %s; listening again shortly", exc)
+                stop.wait(1.0)
+
+    thread = threading.Thread(target=run, name="model-announcements", daemon=True)
+    thread.start()
+    return thread

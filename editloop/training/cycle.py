@@ -1,0 +1,341 @@
+"""One retrain cycle: feedback → dataset → SFT → GRPO → value model → GGUF → gate → publish.
+
+Each stage's state goes to ``runs/<cycle>/cycle.json`` (and to whoever watches through the
+``on_state`` callback) so operators see where a cycle is. Safety, stage by stage:
+
+- feedback is acknowledged on the stream only after it is fsynced into the trainer's archive;
+- everything is built under ``runs/<cycle>/`` and the registry's staging directory, invisible to
+  servers; a crash anywhere leaves the serving version untouched, and staging is swept;
+- the new version appears in one atomic publish, only when the gate passes, and servers are
+  told over pub/sub (they also poll the registry pointer, so a lost message only delays the swap).
+
+>>> result = run_cycle(settings, source, CycleConfig())  # doctest: +SKIP
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Protocol
+
+from editloop.errors import EditloopError, ModelError
+from editloop.models.registry import ModelVersion, Registry
+from editloop.models.value import ValueModel, evaluate, train_value_model
+from editloop.settings import Settings
+from editloop.training.dataset import Dataset, DatasetConfig, FeedbackArchive, Sample, build_dataset
+from editloop.training.gate import GateConfig, GateReport
+
+log = logging.getLogger(__name__)
+
+STAGES = ("snapshot", "dataset", "sft", "grpo", "value", "export", "gate", "publish")
+
+
+class CycleError(EditloopError):
+    code = "cycle_failed"
+
+
+@dataclass
+class CycleConfig:
+    min_samples: int = field(
+        default=20, metadata={"help": "Skip the cycle below this many training samples."}
+    )
+    sft_steps: int = field(default=60, metadata={"help": "SFT optimizer steps."})
+    sft_minutes: float | None = field(default=10.0, metadata={"help": "SFT time budget."})
+    grpo_steps: int = field(default=10, metadata={"help": "GRPO optimizer steps (0 skips GRPO)."})
+    grpo_minutes: float | None = field(default=10.0, metadata={"help": "GRPO time budget."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate of the LoRA adapter."})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank for SFT and GRPO."})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto."})
+    gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "When a candidate is published."})
+    dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"help": "Targets and split."})
+    general_checks: bool = field(default=True, metadata={"help": "Guard general code (FIM, HumanEval)."})
+    general_samples: int = field(default=60, metadata={"help": "Held-out stdlib FIM tasks for the guard."})
+    humaneval_tasks: int = field(default=0, metadata={"help": "HumanEval single-line tasks (0: skip)."})
+    force: bool = field(default=False, metadata={"help": "Publish even when the gate fails (operator)."})
+    activate: bool = field(default=True, metadata={"help": "Make a published version current."})
+    quants: tuple[str, ...] = field(default=("f16", "q8_0"), metadata={"help": "GGUF files to export."})
+    seed: int = field(default=0, metadata={"help": "Seeds training, sampling and the bootstrap."})
+
+
+class FeedbackSource(Protocol):
+    """Where the cycle reads feedback: the store's consumer group (:class:`FeedbackConsumer`)."""
+
+    def read(self, count: int) -> list:
+        """Deliveries (each with an ``.event``); an empty list when nothing is left."""
+        ...
+
+    def ack(self, deliveries: list) -> int: ...
+
+
+@dataclass
+class CycleState:
+    cycle_id: str
+    stage: str = "queued"
+    status: str = "running"  # running | published | rejected | skipped | failed
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    progress: float = 0.0
+    parent: str | None = None
+    version: str | None = None
+    message: str = ""
+    reports: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    return value
+
+
+class Cycle:
+    """One run of the loop, recording its state after every stage."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: CycleConfig,
+        on_state: Callable[[CycleState], None] | None = None,
+        cycle_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.registry = Registry(settings.models_dir)
+        self.state = CycleState(cycle_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+        self.dir = settings.runs_dir / self.state.cycle_id
+        self.on_state = on_state
+        self.archive = FeedbackArchive(settings.home / "training" / "feedback.jsonl")
+
+    def _enter(self, stage: str, message: str = "") -> None:
+        self.state.stage = stage
+        self.state.progress = STAGES.index(stage) / len(STAGES) if stage in STAGES else self.state.progress
+        self.state.message = message or stage
+        log.info("cycle %s: %s", self.state.cycle_id, self.state.message)
+        self._save()
+
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "cycle.json.tmp"
+        tmp.write_text(json.dumps(self.state.to_dict(), indent=2))
+        os.replace(tmp, self.dir / "cycle.json")
+        if self.on_state is not None:
+            self.on_state(self.state)
+
+    def _finish(self, status: str, message: str) -> CycleState:
+        self.state.status = status
+        self.state.message = message
+        self.state.finished_at = time.time()
+        self.state.progress = 1.0
+        self._save()
+        return self.state
+
+    def run(self, source: FeedbackSource | None, notify: Callable[[str], None] | None = None) -> CycleState:
+        """The whole cycle; never raises for a stage failure (the state says ``failed`` and why)."""
+        if self.settings.torch_threads:
+            import torch
+
+            # Beside a server (or other trainers) every extra thread only adds contention.
+            torch.set_num_threads(self.settings.torch_threads)
+        try:
+            return self._run(source, notify)
+        except Exception as exc:  # any stage: the serving version is untouched, say what broke
+            log.exception("cycle %s failed in %s", self.state.cycle_id, self.state.stage)
+            return self._finish("failed", f"{self.state.stage} failed: {exc}")
+
+    def _run(self, source: FeedbackSource | None, notify: Callable[[str], None] | None) -> CycleState:
+        current = self.registry.current()
+        if current is None or current.hf_path() is None:
+            raise CycleError("the current version has no HF checkpoint to train (import it with --hf)")
+        self.state.parent = current.name
+        self._enter("snapshot", "reading new feedback")
+        if source is not None:
+            self.state.reports["snapshot"] = snapshot(source, self.archive)
+        self._enter("dataset", "building the dataset")
+        data = build_dataset(self.archive.events(), self.config.dataset)
+        self.state.reports["dataset"] = data.stats
+        if len(data.sft_train) < self.config.min_samples:
+            return self._finish(
+                "skipped", f"{len(data.sft_train)} training samples; a cycle needs {self.config.min_samples}"
+            )
+        adapter, training = self._train(current, data)
+        self.state.reports.update(training)
+        self._enter("value", "training the value model")
+        value_model, value_report = train_value(data)
+        self.state.reports["value"] = value_report
+        return self._export_gate_publish(current, data, adapter, value_model, notify)
+
+    def _train(self, current: ModelVersion, data: Dataset) -> tuple[Path, dict]:
+        from editloop.training.grpo import GrpoConfig, run_grpo
+        from editloop.training.rewards.combined import CombinedReward
+        from editloop.training.runtime import LoraSettings
+        from editloop.training.sft import SftConfig, run_sft
+
+        base = current.hf_path()
+        assert base is not None
+        rows = [asdict(s) for s in data.sft_train]
+        lora = LoraSettings(rank=self.config.lora_rank)
+        self._enter("sft", f"SFT on {len(rows)} samples")
+        sft = run_sft(
+            base,
+            rows,
+            self.dir / "sft",
+            SftConfig(
+                max_steps=self.config.sft_steps,
+                max_minutes=self.config.sft_minutes,
+                learning_rate=self.config.learning_rate,
+                lora=lora,
+                device=self.config.device,  # type: ignore[arg-type]
+                seed=self.config.seed,
+            ),
+        )
+        reports = {"sft": sft.to_dict()}
+        adapter = sft.adapter_dir
+        if self.config.grpo_steps > 0:
+            self._enter("grpo", f"GRPO on {len(rows)} prompts")
+            grpo = run_grpo(
+                base,
+                rows,
+                [CombinedReward(execution=False)],
+                self.dir / "grpo",
+                GrpoConfig(
+                    max_steps=self.config.grpo_steps,
+                    max_minutes=self.config.grpo_minutes,
+                    lora=lora,
+                    device=self.config.device,  # type: ignore[arg-type]
+                    seed=self.config.seed,
+                ),
+                adapter_dir=adapter,
+            )
+            reports["grpo"] = grpo.to_dict()
+            adapter = grpo.adapter_dir
+        return adapter, reports
+
+    def _export_gate_publish(
+        self,
+        current: ModelVersion,
+        data: Dataset,
+        adapter: Path,
+        value_model: ValueModel | None,
+        notify: Callable[[str], None] | None,
+    ) -> CycleState:
+        from editloop.models.export import load_hf
+        from editloop.models.publish import export_verified
+
+        base = current.hf_path()
+        assert base is not None
+        self._enter("export", "merging the adapter and exporting GGUF")
+        model, tokenizer = load_hf(base, adapter)
+        with self.registry.stage() as staging:
+            exported, checks = export_verified(model, tokenizer, staging, quants=self.config.quants)
+            model.save_pretrained(staging / "hf", safe_serialization=True)
+            tokenizer.save_pretrained(staging / "hf")
+            shutil.copytree(adapter, staging / "adapter")
+            if value_model is not None:
+                value_model.save(staging)
+            self._enter("gate", f"gating against {current.name}")
+            gguf = exported.files.get("q8_0") or next(iter(exported.files.values()))
+            report = self._gate(current, gguf, exported.fim, data.sft_heldout, value_model)
+            self.state.reports["gate"] = report.to_dict()
+            if not report.passed and not self.config.force:
+                return self._finish("rejected", "gate: " + "; ".join(report.reasons))
+            self._enter("publish", "publishing")
+            version = self.registry.publish(
+                staging,
+                kind="retrain",
+                fim=exported.fim,
+                arch=exported.arch,
+                parent=current.name,
+                gguf={q: p.name for q, p in exported.files.items()},
+                hf_dir="hf",
+                tokenizer="hf/tokenizer.json",
+                adapter_dir="adapter",
+                training_data={"cycle": self.state.cycle_id, **self.state.reports.get("dataset", {})},
+                metrics={k: v for k, v in self.state.to_dict()["reports"].items() if k != "dataset"},
+                checks=checks,
+            )
+        self.state.version = version.name
+        if self.config.activate:
+            self.registry.activate(version.name)
+            if notify is not None:
+                notify(version.name)
+        forced = "" if report.passed else " (forced past a failed gate)"
+        return self._finish("published", f"published {version.name}{forced}")
+
+    def _gate(self, current: ModelVersion, gguf: Path, fim, heldout: list[Sample], value) -> GateReport:
+        from editloop.models.llama import LlamaBackend
+        from editloop.training.gate import run_gate
+
+        threads = self.settings.model_threads or None
+        old = LlamaBackend.from_version(current, n_threads=threads)
+        new = LlamaBackend(gguf, fim, "candidate", n_threads=threads)
+        try:
+            return run_gate(
+                old,
+                new,
+                heldout,
+                self.config.gate,
+                value=value,
+                abstain_threshold=self.settings.abstain_threshold,
+                general=self._general_checks(),
+            )
+        finally:
+            old.close()
+            new.close()
+
+    def _general_checks(self) -> list:
+        if not self.config.general_checks:
+            return []
+        from editloop.training.general import general_checks
+
+        return general_checks(self.config.general_samples, self.config.humaneval_tasks, self.config.seed)
+
+
+def snapshot(source: FeedbackSource, archive: FeedbackArchive, batch: int = 500) -> dict:
+    """Move every available event into the archive (durably), then acknowledge it on the stream."""
+    read = new = 0
+    while True:
+        deliveries = source.read(batch)
+        if not deliveries:
+            break
+        new += archive.append([d.event for d in deliveries])
+        source.ack(deliveries)
+        read += len(deliveries)
+    return {"read": read, "new": new, "archived_total": len(archive.events())}
+
+
+def train_value(data: Dataset) -> tuple[ValueModel | None, dict]:
+    """The value model on this cycle's rows, with held-out AUC next to the log-prob baseline."""
+    try:
+        model = train_value_model(data.value_train)
+    except ModelError as exc:
+        return None, {"skipped": str(exc), "rows": len(data.value_rows)}
+    heldout = evaluate(model, data.value_heldout)
+    model.metrics = {"heldout": heldout, "train_rows": len(data.value_train)}
+    return model, {"train_rows": len(data.value_train), **heldout}
+
+
+def sweep_staging(registry: Registry, older_than_s: float = 3600.0) -> int:
+    """Remove staging directories a killed cycle left behind (none is ever visible as a version).
+
+    Only old ones: an export or import running beside the cycle stages its files there too.
+    """
+    if not registry.staging_dir.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    stale = [p for p in registry.staging_dir.iterdir() if p.is_dir() and p.stat().st_mtime < cutoff]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)

@@ -1,0 +1,115 @@
+"""Operator commands: ``editloop retrain``, ``editloop status``, ``editloop trainer``."""
+
+import json
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from editloop.errors import EditloopError
+from editloop.feedback import control
+from editloop.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+def retrain(
+    wait: Annotated[bool, typer.Option(help="wait for the cycle to finish and print its outcome")] = False,
+    force: Annotated[bool, typer.Option(help="publish even if the gate fails")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 3600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Start a retrain cycle now (through the running trainer, or here when none runs)."""
+    from editloop.feedback.log import open_feedback
+    from editloop.training.worker import Trainer
+
+    settings = load_settings()
+    with open_feedback(settings) as feedback:
+        client = feedback.store.client
+        if control.trainer_alive(client):
+            request_id = control.request_retrain(client, force=force)
+            if not wait:
+                _print({"request_id": request_id, "queued": True}, as_json)
+                return
+            result = control.wait_result(client, request_id, timeout)
+            if result is None:
+                raise EditloopError(
+                    f"no result for request {request_id} after {timeout:.0f} s; see `editloop status`"
+                )
+        else:  # no trainer process: run the cycle here, in the foreground
+            state = Trainer.from_settings(settings, feedback.store).run_cycle(
+                "operator", {"id": None, "force": force}
+            )
+            result = state.to_dict()
+    _print(result, as_json)
+    if result.get("status") == "failed":
+        raise typer.Exit(1)
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    limit: Annotated[int, typer.Option(help="past cycles to show")] = 10,
+) -> None:
+    """The serving model, the running retrain cycle and the last cycles with their gate reports."""
+    from editloop.feedback.log import open_feedback
+    from editloop.models.registry import Registry
+
+    settings = load_settings()
+    current = Registry(settings.models_dir).current_name()
+    with open_feedback(settings, replay=False) as feedback:
+        report = {"model": current, **control.cycle_status(feedback.store.client, limit)}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    console.print(
+        f"model: {current or 'none'}   trainer: {'alive' if report['trainer_alive'] else 'not running'}"
+    )
+    running = report["current"]
+    if running and running.get("status") == "running":
+        console.print(f"running: {running['cycle_id']} — {running['stage']} ({running['progress']:.0%})")
+    table = Table("cycle", "status", "parent", "version", "message")
+    for cycle in report["history"]:
+        table.add_row(
+            cycle["cycle_id"],
+            cycle["status"],
+            cycle.get("parent") or "",
+            cycle.get("version") or "",
+            cycle["message"][:90],
+        )
+    console.print(table)
+
+
+def trainer() -> None:
+    """Run the trainer: retrain cycles on new feedback, a schedule, or operator requests."""
+    from editloop.feedback.log import open_feedback
+    from editloop.training.worker import Trainer
+
+    settings = load_settings()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with open_feedback(settings) as feedback:
+        log.info(
+            "trainer: waiting for feedback (every %s new events) or `editloop retrain`",
+            settings.retrain_min_events,
+        )
+        Trainer.from_settings(settings, feedback.store).serve_forever(stop)
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"{result.get('status', 'queued')}: {result.get('message', result)}")
+    gate = (result.get("reports") or {}).get("gate")
+    if gate:
+        for metric, row in gate["feedback"].items():
+            typer.echo(
+                f"  {metric}: {row['current']} → {row['candidate']} "
+                f"(Δ {row['delta']:+}, interval {row['low']:+}..{row['high']:+})"
+            )

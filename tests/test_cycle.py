@@ -1,0 +1,222 @@
+"""The whole loop on the tiny model: replayed feedback → cycle → gated version → hot-swap."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from editloop.eval.replay import ReplayConfig
+from editloop.eval.replay_cli import load_tasks, run_replay
+from editloop.feedback.log import open_feedback
+from editloop.models.registry import Registry
+from editloop.server.background import free_port
+from editloop.training.cycle import CycleConfig
+from editloop.training.gate import GateConfig
+from editloop.training.worker import Trainer
+from tests.server_fixtures import USER, auth, copy_home, running_server
+
+CODEBASE = Path(sysconfig.get_paths()["stdlib"]) / "json"
+CYCLE = CycleConfig(
+    min_samples=10,
+    sft_steps=150,
+    learning_rate=5e-3,
+    grpo_steps=2,
+    general_samples=10,
+    device="cpu",
+    gate=GateConfig(bootstrap=300, max_samples=60),
+)
+
+
+class Hammer:
+    """Completion requests in a loop, counting the ones that fail, while the model swaps under them."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.ok, self.failed, self.versions = url, 0, 0, set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30, headers=auth()) as client:
+            while not self.stop.is_set():
+                reply = client.post(
+                    "/complete", json={"prefix": "import json\n\ndef load(path):\n    ", "suffix": ""}
+                )
+                if reply.status_code == 200:
+                    self.ok += 1
+                    self.versions.add(reply.json()["model_version"])
+                else:
+                    self.failed += 1
+
+
+@pytest.fixture(scope="module")
+def replayed_home(tiny_settings, tiny_version, tmp_path_factory) -> Path:
+    """A home whose embedded Redis holds the feedback of a replay of real code (the train split's)."""
+    home = copy_home(tiny_settings, tmp_path_factory.mktemp("replayed"))
+    tasks = load_tasks(CODEBASE, None, None, "all", 0.7)
+    with running_server(home, abstain_threshold=0.0) as (url, settings, _app):
+        replay = ReplayConfig(seed=0, pause_after_word=0.0, max_requests_per_file=40)
+        report = run_replay(settings, tasks, replay, server=url, token=USER)
+    assert report["requests"] == 200
+    return home
+
+
+def _copy(home: Path, target: Path) -> Path:
+    shutil.copytree(home, target, ignore=shutil.ignore_patterns("*.sock", "*.pid", ".staging"))
+    return target
+
+
+def test_replayed_feedback_yields_a_gated_version_the_server_swaps_to(replayed_home, tmp_path) -> None:
+    home = _copy(replayed_home, tmp_path / "home")
+    with running_server(home, abstain_threshold=0.0) as (url, settings, _app):
+        hammer = Hammer(url)
+        hammer.thread.start()
+        with open_feedback(settings) as feedback:
+            state = Trainer.from_settings(settings, feedback.store).run_cycle("test", config=CYCLE)
+        assert state.status == "published", (state.message, state.reports)
+        deadline = time.monotonic() + 30
+        while state.version not in hammer.versions and time.monotonic() < deadline:
+            time.sleep(0.1)
+        hammer.stop.set()
+        hammer.thread.join()
+    assert hammer.failed == 0 and hammer.ok > 0
+    assert hammer.versions == {state.parent, state.version}
+    gate = state.reports["gate"]
+    assert gate["passed"]
+    assert gate["feedback"]["edit_similarity"]["low"] > 0
+    version = Registry(settings.models_dir).get(state.version)
+    assert version.manifest.parent == state.parent and version.manifest.kind == "retrain"
+    assert version.manifest.metrics["gate"]["passed"]
+
+
+TRAINING_ENV = {
+    "EDITLOOP_RETRAIN_SFT_STEPS": "150",
+    "EDITLOOP_RETRAIN_LEARNING_RATE": "5e-3",
+    "EDITLOOP_RETRAIN_GRPO_STEPS": "2",
+    "EDITLOOP_RETRAIN_GENERAL_SAMPLES": "10",
+    "EDITLOOP_RETRAIN_MIN_SAMPLES": "10",
+    "EDITLOOP_RETRAIN_DEVICE": "cpu",
+    "EDITLOOP_RETRAIN_MIN_EVENTS": "0",
+}
+
+
+def _retrain(home: Path, *args: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        **TRAINING_ENV,
+        "EDITLOOP_HOME": str(home),
+        "EDITLOOP_RETRAIN_SFT_STEPS": "150",
+        "EDITLOOP_RETRAIN_LEARNING_RATE": "5e-3",
+        "EDITLOOP_RETRAIN_GRPO_STEPS": "2",
+        "EDITLOOP_RETRAIN_GENERAL_SAMPLES": "10",
+        "EDITLOOP_RETRAIN_MIN_SAMPLES": "10",
+        "EDITLOOP_RETRAIN_DEVICE": "cpu",
+    }
+    command = [sys.executable, "-m", "editloop", "retrain", "--json", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stage(home: Path) -> str | None:
+    states = list((home / "runs").glob("*/cycle.json"))
+    return json.loads(states[0].read_text())["stage"] if states else None
+
+
+def test_a_killed_cycle_changes_nothing_and_the_retry_succeeds(replayed_home, tmp_path) -> None:
+    home = _copy(replayed_home, tmp_path / "home")
+    registry = Registry(home / "models")
+    before = [v.name for v in registry.versions()], registry.current_name()
+    killed = _retrain(home)
+    deadline = time.monotonic() + 300
+    while _stage(home) not in ("sft", "grpo", "export") and time.monotonic() < deadline:
+        assert killed.poll() is None, killed.communicate()
+        time.sleep(0.05)
+    killed.kill()
+    killed.communicate()
+    assert ([v.name for v in registry.versions()], registry.current_name()) == before
+    archived = (home / "training" / "feedback.jsonl").read_text().splitlines()
+    assert archived  # the snapshot was durable before the kill; its events were acknowledged
+
+    retry = _retrain(home, "--force")
+    out, err = retry.communicate(timeout=600)
+    assert retry.returncode == 0, err[-3000:]
+    state = json.loads(out)
+    assert state["status"] == "published", state["message"]
+    assert registry.current_name() == state["version"] != before[1]
+    assert [v.name for v in registry.versions()] == [*before[0], state["version"]]
+    ids = [
+        json.loads(line)["event_id"]
+        for line in (home / "training" / "feedback.jsonl").read_text().splitlines()
+    ]
+    assert len(ids) == len(set(ids)) == len(archived)  # nothing re-archived twice, nothing lost
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_operators_retrain_through_the_trainer_beside_serve(replayed_home, tmp_path) -> None:
+    home = _copy(replayed_home, tmp_path / "home")
+    port = free_port()
+    env = {**os.environ, **TRAINING_ENV, "EDITLOOP_HOME": str(home), "EDITLOOP_PORT": str(port)}
+    server = subprocess.Popen([sys.executable, "-m", "editloop", "serve"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        status = {}
+        while time.monotonic() < deadline and not status.get("trainer_alive"):
+            time.sleep(0.5)
+            done = subprocess.run(
+                [sys.executable, "-m", "editloop", "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            status = json.loads(done.stdout) if done.returncode == 0 else {}
+        assert status.get("trainer_alive"), "the trainer beside `editloop serve` never reported"
+        (trainer,) = [p for p in _children(server.pid) if "trainer" in Path(f"/proc/{p}/cmdline").read_text()]
+        done = subprocess.run(
+            [sys.executable, "-m", "editloop", "retrain", "--wait", "--force", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        state = json.loads(done.stdout)
+        assert state["status"] == "published" and state["reports"]["trigger"] == "operator"
+        reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        deadline = time.monotonic() + 30
+        while reply["model"]["version"] != state["version"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        assert reply["model"]["version"] == state["version"]
+        history = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "editloop", "status", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )["history"]
+        assert history[0]["cycle_id"] == state["cycle_id"]
+    finally:
+        server.kill()  # however the server dies, its trainer goes with it
+        server.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{trainer}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{trainer}").exists()
