@@ -1,21 +1,53 @@
 """The FastAPI app: services built in the lifespan, thin routers per dialect, JSON errors."""
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from editloop import __version__
+from editloop.feedback import control
 from editloop.models.manager import ModelManager
 from editloop.server import errors
+from editloop.server.feedback import FeedbackService
 from editloop.server.limits import BodyLimit
-from editloop.server.routes import admin, infill, native, openai, tabby
-from editloop.server.services import build_services
+from editloop.server.metrics import RequestCounter
+from editloop.server.routes import admin, dashboard, feedback, infill, native, openai, tabby
+from editloop.server.services import Services, build_services
 from editloop.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+async def _start_feedback(settings: Settings) -> FeedbackService | None:
+    """Open the feedback log (starting the embedded Redis unless EDITLOOP_REDIS_URL is set)."""
+    if not settings.feedback_enabled:
+        return None
+    from editloop.feedback.log import open_feedback
+
+    service = FeedbackService(await run_in_threadpool(open_feedback, settings), settings)
+    await service.start()
+    return service
+
+
+async def _stop_feedback(service: FeedbackService | None) -> None:
+    """Write the queued events, replay the spool if Redis answers, stop the embedded Redis."""
+    if service is not None:
+        await service.stop()
+        await run_in_threadpool(service.log.close)
+
+
+def _hear_new_models(services: Services) -> threading.Event:
+    """Swap as soon as a trainer announces a version (the registry poll stays as the fallback)."""
+    stop = threading.Event()
+    if services.feedback is not None:
+        control.listen_for_models(
+            services.feedback.log.store.client, lambda _version: services.models.reload(), stop
+        )
+    return stop
 
 
 def create_app(settings: Settings, models: ModelManager | None = None) -> FastAPI:
@@ -27,10 +59,14 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
         await run_in_threadpool(services.models.start, settings.registry_poll_s)
         if services.models.version is None:
             log.error("no model serving: %s", services.models.last_error)
+        services.feedback = await _start_feedback(settings)
+        announcements = _hear_new_models(services)
         app.state.services = services
         try:
             yield
         finally:
+            announcements.set()
+            await _stop_feedback(services.feedback)
             await run_in_threadpool(services.models.close)
 
     app = FastAPI(
@@ -40,20 +76,10 @@ def create_app(settings: Settings, models: ModelManager | None = None) -> FastAP
         description="Code completions that get better from your team's edits.",
     )
     errors.install(app)
-    for module in (native, infill, openai, tabby, admin):
+    for module in (native, infill, openai, tabby, feedback, admin, dashboard):
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        services = getattr(request.app.state, "services", None)
-        if services is not None:
-            services.metrics.requests.labels(
-                getattr(route, "path", "unmatched"), str(response.status_code)
-            ).inc()
-        return response
-
+    app.add_middleware(RequestCounter)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.openapi = lambda: errors.openapi_with_error_bodies(app)
     return app
