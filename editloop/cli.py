@@ -11,9 +11,15 @@ from typing import Annotated
 import typer
 
 from editloop.errors import EditloopError
+from editloop.eval.cli import app as eval_app
+from editloop.eval.demo import demo_command
+from editloop.eval.replay_cli import replay_command
+from editloop.feedback.cli import app as feedback_app
 from editloop.models.cli import bootstrap_model, eval_lines, export_model
 from editloop.models.registry_cli import app as models_app
 from editloop.settings import Settings, load_settings
+from editloop.training.cli import train
+from editloop.training.ops_cli import retrain, status, trainer
 
 app = typer.Typer(
     help="editloop: code completions that get better from your team's edits.",
@@ -22,8 +28,16 @@ app = typer.Typer(
 )
 app.command("bootstrap-model")(bootstrap_model)
 app.command("eval-lines")(eval_lines)
+app.command("train")(train)
+app.command("retrain")(retrain)
+app.command("status")(status)
+app.command("trainer")(trainer)
+app.command("replay")(replay_command)
+app.command("demo")(demo_command)
+app.add_typer(eval_app, name="eval", help="Measure a model: HumanEval infilling, held-out FIM and lines.")
 models_app.command("export")(export_model)
 app.add_typer(models_app, name="models", help="List, inspect, activate, roll back and import model versions.")
+app.add_typer(feedback_app, name="feedback", help="The feedback log: stats, export (JSONL), trim, replay.")
 
 
 def _serve_settings(host: str | None, port: int | None) -> Settings:
@@ -55,8 +69,24 @@ def run(
     settings = _serve_settings(host, port)
     version = ensure_starter_model(settings)
     typer.echo(f"active model: {version.name} ({version.gguf_path()})", err=True)
-    typer.echo("the trainer arrives with the trainer issue; serving only", err=True)
+    if settings.trainer:
+        typer.echo("the trainer runs beside the server: `editloop status`, `editloop retrain`", err=True)
     run_server(settings)
+
+
+@app.command()
+def lsp(
+    tcp: Annotated[str | None, typer.Option(help="listen on HOST:PORT instead of stdio")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="complete through this editloop server (default: in-process model)")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token for --server")] = None,
+) -> None:
+    """Language server: inline completions, a completion fallback, and edit tracking for feedback."""
+    from editloop.lsp.server import parse_tcp
+    from editloop.lsp.server import serve as serve_lsp
+
+    serve_lsp(load_settings(), server_url=server, token=token, tcp=parse_tcp(tcp) if tcp else None)
 
 
 def main() -> None:
