@@ -169,6 +169,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.timeout(1200)
 def test_operators_retrain_through_the_trainer_beside_serve(replayed_home, tmp_path) -> None:
     home = _copy(replayed_home, tmp_path / "home")
     port = free_port()

@@ -91,14 +91,19 @@ def trainer() -> None:
 
     settings = load_settings()
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    # SIGTERM ends a running cycle too: a cycle is safe to kill at any stage (nothing half-made is
+    # visible, its feedback is in the archive), and a server's sidecar must go when the server does.
+    signal.signal(signal.SIGTERM, _exit)
     with open_feedback(settings) as feedback:
         log.info(
             "trainer: waiting for feedback (every %s new events) or `editloop retrain`",
             settings.retrain_min_events,
         )
         Trainer.from_settings(settings, feedback.store).serve_forever(stop)
+
+
+def _exit(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _print(result: dict, as_json: bool) -> None:
