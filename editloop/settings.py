@@ -140,13 +140,16 @@ class Settings(BaseSettings):
     retrain_min_samples: int = Field(
         default=20, ge=1, description="Skip a cycle with fewer training samples than this."
     )
-    retrain_sft_steps: int = Field(default=60, ge=1, description="SFT optimizer steps per cycle.")
-    retrain_grpo_steps: int = Field(default=10, ge=0, description="GRPO optimizer steps per cycle (0: skip).")
+    retrain_sft_steps: int = Field(default=80, ge=1, description="SFT optimizer steps per cycle.")
+    retrain_grpo_steps: int = Field(default=5, ge=0, description="GRPO optimizer steps per cycle (0: skip).")
     retrain_projects: list[str] = Field(
         default=[], description="Feedback projects the trainer learns from (JSON list); empty: all of them."
     )
+    retrain_general_mix: float = Field(
+        default=1.5, ge=0, le=4, description="General-code rows mixed into SFT per feedback row (forgetting)."
+    )
     retrain_learning_rate: float = Field(
-        default=1e-3, gt=0, description="SFT learning rate of the LoRA adapter."
+        default=3e-3, gt=0, description="SFT learning rate of the LoRA adapter."
     )
     retrain_device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where cycles train.")
     retrain_general_samples: int = Field(

@@ -34,6 +34,7 @@ def cycle_config(settings: Settings, force: bool = False) -> CycleConfig:
         sft_steps=settings.retrain_sft_steps,
         grpo_steps=settings.retrain_grpo_steps,
         learning_rate=settings.retrain_learning_rate,
+        general_mix=settings.retrain_general_mix,
         device=settings.retrain_device,
         general_samples=settings.retrain_general_samples,
         general_checks=settings.retrain_general_samples > 0 or settings.retrain_humaneval_tasks > 0,
