@@ -28,6 +28,7 @@ CYCLE = CycleConfig(
     min_samples=10,
     sft_steps=150,
     learning_rate=5e-3,
+    general_mix=0.0,  # the tiny model cannot learn the team's code and rehearse stdlib in 150 steps
     grpo_steps=2,
     general_samples=10,
     device="cpu",
@@ -104,6 +105,7 @@ TRAINING_ENV = {
     "EDITLOOP_RETRAIN_MIN_SAMPLES": "10",
     "EDITLOOP_RETRAIN_DEVICE": "cpu",
     "EDITLOOP_RETRAIN_MIN_EVENTS": "0",
+    "EDITLOOP_RETRAIN_GENERAL_MIX": "0",
 }
 
 
@@ -221,3 +223,15 @@ def test_operators_retrain_through_the_trainer_beside_serve(replayed_home, tmp_p
     while Path(f"/proc/{trainer}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{trainer}").exists()
+
+
+def test_rehearsal_rows_come_from_the_starter_training_files_only() -> None:
+    from editloop.models.bootstrap import DEFAULT_EXCLUDE
+    from editloop.models.corpus import load_corpus
+    from editloop.training.cycle import general_rows
+
+    rows = general_rows(40, seed=0)
+    heldout = {f.path for f in load_corpus(["stdlib"], {"python"}, exclude=DEFAULT_EXCLUDE).heldout}
+    assert len(rows) == 40 and all(r["reference"].strip() and r["language"] == "python" for r in rows)
+    assert not {r["filepath"] for r in rows} & heldout  # the gate's general check never sees them
+    assert general_rows(40, seed=0) == rows and general_rows(0, seed=0) == []
