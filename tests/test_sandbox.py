@@ -365,6 +365,7 @@ def test_refuses_where_user_namespaces_are_disabled() -> None:
     )
     command = ["bwrap", "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--disable-userns"]
     command += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    command += ["--ro-bind", str(REPO), str(REPO)]  # a checkout under /tmp (CI) must stay visible
     command += ["--", SYSTEM_PYTHON, "-c", probe, str(REPO)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
     assert done.returncode == 0, done.stderr
