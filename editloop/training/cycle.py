@@ -347,7 +347,7 @@ def snapshot(source: FeedbackSource, archive: FeedbackArchive, batch: int = 500)
         new += archive.append([d.event for d in deliveries])
         source.ack(deliveries)
         read += len(deliveries)
-    return {"read": read, "new": new, "archived_total": len(archive.events())}
+    return {"read": read, "new": new, "archived_total": len(archive)}
 
 
 def train_value(data: Dataset) -> tuple[ValueModel | None, dict]:

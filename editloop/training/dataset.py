@@ -220,8 +220,9 @@ def _split(items: list, file_of, time_of, config: DatasetConfig) -> tuple[list, 
 def build_dataset(events: list[FeedbackEvent], config: DatasetConfig | None = None) -> Dataset:
     config = config or DatasetConfig()
     stories = _stories(events)
+    found = _samples(stories, config)
     unique: dict[str, Sample] = {}
-    for sample in _samples(stories, config):
+    for sample in found:
         unique.setdefault(sample.key(), sample)
     samples = list(unique.values())
     sft_train, sft_heldout = _split(samples, lambda s: s.filepath, lambda s: s.timestamp, config)
@@ -234,7 +235,7 @@ def build_dataset(events: list[FeedbackEvent], config: DatasetConfig | None = No
         "events": len(events),
         "completions": sum(s.completion is not None for s in stories.values()),
         "samples": len(samples),
-        "duplicates_dropped": len(_samples(stories, config)) - len(samples),
+        "duplicates_dropped": len(found) - len(samples),
         "by_source": dict(by_source),
         "sft_train": len(sft_train),
         "sft_heldout": len(sft_heldout),
@@ -253,11 +254,12 @@ class FeedbackArchive:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._seen: set[str] | None = None  # event ids archived, read once then kept up to date
 
     def append(self, events: list[FeedbackEvent]) -> int:
         """Append events not yet archived; durable on return. Returns how many were new."""
         seen = self._ids()
-        fresh = [e for e in events if e.event_id not in seen]
+        fresh = list({e.event_id: e for e in events if e.event_id not in seen}.values())
         if not fresh:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +271,7 @@ class FeedbackArchive:
                 out.write(event.model_dump_json() + "\n")
             out.flush()
             os.fsync(out.fileno())
+        seen.update(e.event_id for e in fresh)
         return len(fresh)
 
     def events(self) -> list[FeedbackEvent]:
@@ -284,7 +287,18 @@ class FeedbackArchive:
         return events
 
     def _ids(self) -> set[str]:
-        return {e.event_id for e in self.events()}
+        if self._seen is None:
+            self._seen = set()
+            if self.path.is_file():
+                for line in self.path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        self._seen.add(json.loads(line)["event_id"])
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn line: its event is not archived
+        return self._seen
+
+    def __len__(self) -> int:
+        return len(self._ids())
 
 
 def write_jsonl(path: Path, samples: list[Sample]) -> None:
