@@ -5,6 +5,9 @@ verification raises before ``publish``, and the staging directory is discarded.
 """
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,34 +50,68 @@ def publish_checkpoint(
 
     Retraining publishes with ``kind="retrain"`` and says what it trained on in ``training_data``.
     """
-    model, tokenizer = load_hf(hf_dir, adapter_dir)
     registry = Registry(settings.models_dir)
     if parent is not None:
         registry.get(parent)  # fail before the slow part if the parent is unknown
-    with registry.stage() as staging:
-        exported, checks = export_verified(model, tokenizer, staging, threads=threads)
-        model.save_pretrained(staging / "hf", safe_serialization=True)
-        tokenizer.save_pretrained(staging / "hf")
-        if adapter_dir is not None:
-            shutil.copytree(adapter_dir, staging / "adapter")
-        version = registry.publish(
-            staging,
+    with stage_checkpoint(registry, hf_dir, adapter_dir, threads=threads) as staged:
+        version = staged.publish(
             kind=kind,
-            fim=exported.fim,
-            arch=exported.arch,
             parent=parent,
-            gguf={q: p.name for q, p in exported.files.items()},
-            hf_dir="hf",
-            tokenizer="hf/tokenizer.json",
-            adapter_dir="adapter" if adapter_dir is not None else None,
             training_data={
                 "hf_dir": str(hf_dir),
                 "adapter_dir": str(adapter_dir) if adapter_dir else None,
                 **(training_data or {}),
             },
             metrics=metrics,
-            checks=checks,
         )
     if activate:
         registry.activate(version.name)
     return version
+
+
+@dataclass
+class StagedCheckpoint:
+    """A checkpoint exported and verified in registry staging, not yet visible as a version."""
+
+    registry: Registry
+    path: Path  # the staging directory: add files (e.g. a value model) before publishing
+    exported: ExportResult
+    checks: dict
+    has_adapter: bool
+
+    def publish(
+        self, *, kind: str, parent: str | None, training_data: dict | None = None, metrics: dict | None = None
+    ) -> ModelVersion:
+        return self.registry.publish(
+            self.path,
+            kind=kind,
+            fim=self.exported.fim,
+            arch=self.exported.arch,
+            parent=parent,
+            gguf={q: p.name for q, p in self.exported.files.items()},
+            hf_dir="hf",
+            tokenizer="hf/tokenizer.json",
+            adapter_dir="adapter" if self.has_adapter else None,
+            training_data=training_data,
+            metrics=metrics,
+            checks=self.checks,
+        )
+
+
+@contextmanager
+def stage_checkpoint(
+    registry: Registry,
+    hf_dir: Path,
+    adapter_dir: Path | None = None,
+    quants: tuple[str, ...] = DEFAULT_QUANTS,
+    threads: int = 2,
+) -> Iterator[StagedCheckpoint]:
+    """Merge, export and verify into staging; the staging is discarded unless published inside."""
+    model, tokenizer = load_hf(hf_dir, adapter_dir)
+    with registry.stage() as staging:
+        exported, checks = export_verified(model, tokenizer, staging, quants, threads)
+        model.save_pretrained(staging / "hf", safe_serialization=True)
+        tokenizer.save_pretrained(staging / "hf")
+        if adapter_dir is not None:
+            shutil.copytree(adapter_dir, staging / "adapter")
+        yield StagedCheckpoint(registry, staging, exported, checks, adapter_dir is not None)

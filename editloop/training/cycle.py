@@ -238,40 +238,27 @@ class Cycle:
         value_model: ValueModel | None,
         notify: Callable[[str], None] | None,
     ) -> CycleState:
-        from editloop.models.export import load_hf
-        from editloop.models.publish import export_verified
+        from editloop.models.publish import stage_checkpoint
 
         base = current.hf_path()
         assert base is not None
         self._enter("export", "merging the adapter and exporting GGUF")
-        model, tokenizer = load_hf(base, adapter)
-        with self.registry.stage() as staging:
-            exported, checks = export_verified(model, tokenizer, staging, quants=self.config.quants)
-            model.save_pretrained(staging / "hf", safe_serialization=True)
-            tokenizer.save_pretrained(staging / "hf")
-            shutil.copytree(adapter, staging / "adapter")
+        with stage_checkpoint(self.registry, base, adapter, self.config.quants) as staged:
             if value_model is not None:
-                value_model.save(staging)
+                value_model.save(staged.path)
             self._enter("gate", f"gating against {current.name}")
-            gguf = exported.files.get("q8_0") or next(iter(exported.files.values()))
-            report = self._gate(current, gguf, exported.fim, data.sft_heldout, value_model)
+            files = staged.exported.files
+            gguf = files.get("q8_0") or next(iter(files.values()))
+            report = self._gate(current, gguf, staged.exported.fim, data.sft_heldout, value_model)
             self.state.reports["gate"] = report.to_dict()
             if not report.passed and not self.config.force:
                 return self._finish("rejected", "gate: " + "; ".join(report.reasons))
             self._enter("publish", "publishing")
-            version = self.registry.publish(
-                staging,
+            version = staged.publish(
                 kind="retrain",
-                fim=exported.fim,
-                arch=exported.arch,
                 parent=current.name,
-                gguf={q: p.name for q, p in exported.files.items()},
-                hf_dir="hf",
-                tokenizer="hf/tokenizer.json",
-                adapter_dir="adapter",
                 training_data={"cycle": self.state.cycle_id, **self.state.reports.get("dataset", {})},
                 metrics={k: v for k, v in self.state.to_dict()["reports"].items() if k != "dataset"},
-                checks=checks,
             )
         self.state.version = version.name
         if self.config.activate:
