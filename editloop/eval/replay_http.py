@@ -14,7 +14,7 @@ import httpx
 from editloop.errors import BackendError
 from editloop.eval.replay import Suggestion, similarity, span_of
 from editloop.eval.replay_tasks import TypingTask
-from editloop.lsp.session import LINES_AFTER, LINES_BEFORE
+from editloop.lsp.session import context_window
 
 FLUSH_EVERY = 256
 
@@ -190,23 +190,6 @@ class HttpEditor:
                 **fields,
             }
         )
-
-
-def context_window(text: str, cursor: int) -> tuple[int, int]:
-    """The span an editor sends around the cursor: the LSP server's line window, so both paths agree."""
-    line_start = text.rfind("\n", 0, cursor) + 1
-    begin = line_start
-    for _ in range(LINES_BEFORE):
-        if begin == 0:
-            break
-        begin = text.rfind("\n", 0, begin - 1) + 1
-    end = cursor
-    for _ in range(LINES_AFTER + 1):
-        nxt = text.find("\n", end)
-        if nxt < 0:
-            return begin, len(text)
-        end = nxt + 1
-    return begin, end
 
 
 def run_key(seed: int, model_version: str, split: str, root: str) -> str:

@@ -54,6 +54,26 @@ class Offered:
     result: CompletionResult
 
 
+def context_window(text: str, cursor: int) -> tuple[int, int]:
+    """``(begin, end)`` sent around the cursor: ``LINES_BEFORE`` lines above, ``LINES_AFTER`` below.
+
+    The replay's HTTP path asks with the same window, so both editor paths ask the same thing.
+    """
+    line_start = text.rfind("\n", 0, cursor) + 1
+    begin = line_start
+    for _ in range(LINES_BEFORE):
+        if begin == 0:
+            break
+        begin = text.rfind("\n", 0, begin - 1) + 1
+    end = cursor
+    for _ in range(LINES_AFTER + 1):
+        nxt = text.find("\n", end)
+        if nxt < 0:
+            return begin, len(text)
+        end = nxt + 1
+    return begin, end
+
+
 class Session:
     def __init__(
         self,
@@ -143,10 +163,7 @@ class Session:
         return Offered(result.id, choices, doc.position_at(offset), result)
 
     def _request(self, doc: Document, offset: int) -> CompletionRequest:
-        starts = doc.line_starts()
-        line, _ = doc.position_at(offset)
-        begin = starts[max(0, line - LINES_BEFORE)]
-        end = starts[line + LINES_AFTER + 1] if line + LINES_AFTER + 1 < len(starts) else len(doc.text)
+        begin, end = context_window(doc.text, offset)
         return CompletionRequest(
             prefix=doc.text[begin:offset],
             suffix=doc.text[offset:end],
