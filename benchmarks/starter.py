@@ -34,7 +34,9 @@ def training_throughput(tokenizer: Tokenizer, work: Path) -> dict:
 
 
 def _tokens_per_s(name: str, tokenizer: Tokenizer, corpus: Corpus, work: Path) -> float:
-    size = dataclasses.replace(SIZES[name], steps=STEPS + 1, vocab_size=tokenizer.get_vocab_size())
+    size = dataclasses.replace(
+        SIZES[name], steps=STEPS + 1, line_steps=0, vocab_size=tokenizer.get_vocab_size()
+    )
     trainer = StarterTrainer(size, tokenizer, corpus.train, corpus.heldout, work / name, seed=0)
     stamps: list[tuple[float, int]] = []
     trainer.run(on_step=lambda *_: stamps.append((time.perf_counter(), trainer.tokens)))

@@ -23,6 +23,12 @@ class CorpusError(EditloopError):
     code = "invalid_corpus"
 
 
+class OptionError(EditloopError):
+    """A command-line option out of its range."""
+
+    code = "invalid_option"
+
+
 class ModelError(EditloopError):
     """A model file or checkpoint that cannot be used."""
 

@@ -2,6 +2,9 @@
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,9 +13,10 @@ from tokenizers import Tokenizer
 
 from editloop.models.corpus import load_corpus
 from editloop.models.registry import ModelVersion, Registry
-from editloop.models.starter import SIZES, WARMUP_STEPS, StarterTrainer
+from editloop.models.starter import LINE_WARMUP_STEPS, SIZES, WARMUP_STEPS, StarterTrainer
 
 TINY = SIZES["tiny"]
+LINE_STEPS = 20  # tiny pre-trains only by default; these tests give it the line-completion phase
 
 
 def test_tiny_bootstrap_publishes_an_active_verified_version(
@@ -25,7 +29,7 @@ def test_tiny_bootstrap_publishes_an_active_verified_version(
     assert set(manifest.gguf) >= {"f16", "q8_0"}
     assert "q4_k_m" in manifest.checks["skipped_quants"]  # 64-wide rows cannot take K-quants
     train = manifest.metrics["train"]
-    assert train["steps"] == TINY.steps and train["tokens"] > 0
+    assert train["steps"] == TINY.steps and train["line_steps"] == TINY.line_steps and train["tokens"] > 0
     # Learned something: held-out loss well below the uniform guess over the vocabulary.
     assert train["val_loss"] < math.log(TINY.vocab_size) - 0.5
     lines = manifest.metrics["heldout_lines"]
@@ -52,17 +56,18 @@ def small_corpus():
 
 def _trainer(corpus, work_dir, steps: int = 24) -> StarterTrainer:
     tokenizer = Tokenizer.from_file(str(work_dir.parent / "tok.json"))
-    size = dataclasses.replace(TINY, steps=steps)
+    size = dataclasses.replace(TINY, steps=steps, line_steps=LINE_STEPS)
     return StarterTrainer(size, tokenizer, corpus.train, corpus.heldout, work_dir, seed=7)
 
 
-def test_interrupted_run_resumes_to_identical_weights(small_corpus, tiny_hf_dir, tmp_path) -> None:
+@pytest.mark.parametrize("stop_at", [10, 24 + 5], ids=["pre-training", "line-completion"])
+def test_interrupted_run_resumes_to_identical_weights(small_corpus, tiny_hf_dir, tmp_path, stop_at) -> None:
     Tokenizer.from_file(str(tiny_hf_dir / "tokenizer.json")).save(str(tmp_path / "tok.json"))
     straight = _trainer(small_corpus, tmp_path / "straight")
     straight.run()
 
     def interrupt(step: int, *_: object) -> None:
-        if step == 10:
+        if step == stop_at:
             raise KeyboardInterrupt
 
     first = _trainer(small_corpus, tmp_path / "resumed")
@@ -70,7 +75,7 @@ def test_interrupted_run_resumes_to_identical_weights(small_corpus, tiny_hf_dir,
         first.run(on_step=interrupt)
     resumed = _trainer(small_corpus, tmp_path / "resumed")
     result = resumed.run()
-    assert result.steps == 24
+    assert (result.steps, result.line_steps) == (24, LINE_STEPS)
     for (name, a), (_, b) in zip(
         straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
     ):
@@ -83,3 +88,38 @@ def test_time_budget_fixes_the_step_count_after_calibration(small_corpus, tiny_h
     result = trainer.run(minutes=0.02)
     assert trainer.total_steps is not None and trainer.total_steps >= WARMUP_STEPS + 1
     assert result.steps == trainer.total_steps
+
+
+def test_line_completion_phase_has_its_own_warmup_and_decay(small_corpus, tiny_hf_dir, tmp_path) -> None:
+    Tokenizer.from_file(str(tiny_hf_dir / "tokenizer.json")).save(str(tmp_path / "tok.json"))
+    trainer = _trainer(small_corpus, tmp_path / "schedule", steps=100)
+    assert trainer.line_step(99) is None and trainer.line_step(100) == 0
+    phase = [trainer.lr_at(100 + k) for k in range(LINE_STEPS)]
+    assert trainer.lr_at(99) == pytest.approx(0.1 * TINY.lr, rel=0.01)  # pre-training ends decayed
+    assert phase[0] < phase[LINE_WARMUP_STEPS // 2] < phase[LINE_WARMUP_STEPS - 1]  # warms up again
+    assert max(phase) > max(0.5 * TINY.line_lr, trainer.lr_at(99))
+    assert phase[-1] < 0.05 * TINY.line_lr
+
+
+def test_time_budget_leaves_room_for_the_line_completion_phase(small_corpus, tiny_hf_dir, tmp_path) -> None:
+    Tokenizer.from_file(str(tiny_hf_dir / "tokenizer.json")).save(str(tmp_path / "tok.json"))
+    with_phase = _trainer(small_corpus, tmp_path / "a", steps=None)  # type: ignore[arg-type]
+    with_phase.step, with_phase.seconds = 5, 5.0  # one second a pre-training step
+    per_line_step = TINY.line_batch / TINY.batch_size
+    assert with_phase._calibrated_steps(600.0) == int(600 - LINE_STEPS * per_line_step)
+
+
+def test_bootstrap_cli_runs_the_line_completion_phase_and_says_how_to_reproduce(tmp_path) -> None:
+    args = ["bootstrap-model", "--size", "tiny", "--steps", "30", "--line-steps", "10", "--no-activate"]
+    result = subprocess.run(
+        [sys.executable, "-m", "editloop", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDITLOOP_HOME": str(tmp_path), "EDITLOOP_TORCH_THREADS": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "30 steps + 10 line-completion steps" in " ".join(result.stderr.split())
+    manifest = Registry(tmp_path / "models").verify(result.stdout.strip()).manifest
+    assert (manifest.metrics["train"]["steps"], manifest.metrics["train"]["line_steps"]) == (30, 10)
+    assert "--steps 30 --line-steps 10" in manifest.training_data["reproduce"]

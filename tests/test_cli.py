@@ -31,6 +31,13 @@ def test_unknown_size(tmp_path: Path) -> None:
     assert_one_line_error(editloop("bootstrap-model", "--size", "huge", home=tmp_path), "unknown size")
 
 
+@pytest.mark.parametrize(("option", "value"), [("--steps", "0"), ("--line-steps", "-1"), ("--minutes", "0")])
+def test_counts_out_of_range(tmp_path: Path, option: str, value: str) -> None:
+    result = editloop("bootstrap-model", "--size", "tiny", option, value, home=tmp_path)
+    assert_one_line_error(result, option)
+    assert not (tmp_path / "models").exists()  # refused before anything was built
+
+
 def test_corrupt_gguf_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + os.urandom(64))

@@ -38,6 +38,7 @@ class BootstrapOptions:
     languages: tuple[str, ...] = ("python",)
     minutes: float | None = None
     steps: int | None = None
+    line_steps: int | None = None
     seed: int = 0
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     fresh: bool = False
@@ -65,7 +66,8 @@ def bootstrap(settings: Settings, options: BootstrapOptions, console: Console | 
     trainer = StarterTrainer(size, tokenizer, corpus.train, corpus.heldout, work_dir, options.seed)
     result = _train(trainer, options.minutes, console)
     console.print(
-        f"trained {result.steps} steps, {result.tokens} tokens, {result.tokens_per_s:.0f} tokens/s, "
+        f"trained {result.steps} steps + {result.line_steps} line-completion steps, {result.tokens} tokens, "
+        f"{result.tokens_per_s:.0f} tokens/s, "
         f"train loss {result.train_loss:.3f}, held-out loss {result.val_loss:.3f}"
     )
     registry = Registry(settings.models_dir)
@@ -107,6 +109,8 @@ def ensure_starter_model(settings: Settings, size: str = "small") -> ModelVersio
 
 def _size(options: BootstrapOptions) -> StarterSize:
     size = SIZES[options.size]
+    if options.line_steps is not None:
+        size = dataclasses.replace(size, line_steps=options.line_steps)
     if options.steps is not None:
         return dataclasses.replace(size, steps=options.steps)
     if options.minutes is not None:
@@ -145,7 +149,7 @@ def _train(trainer: StarterTrainer, minutes: float | None, console: Console) -> 
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(
-            f"training {trainer.size.name}", total=trainer.total_steps, loss=float("nan"), tps=0.0
+            f"training {trainer.size.name}", total=trainer.all_steps, loss=float("nan"), tps=0.0
         )
 
         def on_step(step: int, total: int, loss: float, tps: float) -> None:
@@ -166,5 +170,6 @@ def _training_data(corpus: Corpus, options: BootstrapOptions, size: StarterSize,
         "seed": options.seed,
         "size": dataclasses.asdict(size) | {"steps": result.steps},
         "reproduce": f"editloop bootstrap-model --size {size.name} --steps {result.steps} "
-        f"--seed {options.seed} " + " ".join(f"--corpus {s}" for s in options.sources),
+        f"--line-steps {result.line_steps} --seed {options.seed} "
+        + " ".join(f"--corpus {s}" for s in options.sources),
     }

@@ -6,6 +6,9 @@ batches an uninterrupted one would, with no sampler state to checkpoint.
 FIM follows Bavarian et al. 2022 (character-level splits, PSM and SPM), with half of the
 FIM samples aligned to lines — cursor somewhere in a line, middle running to the end of
 it or a few lines on — because that is what an editor asks for.
+
+``LINE_COMPLETION`` with ``middle_only`` is the last phase of the starter's training: every
+sample is an editor's request (a line-aligned PSM prompt) and only the answer is learned.
 """
 
 from dataclasses import dataclass
@@ -26,6 +29,9 @@ class FimMix:
     line_rate: float = 0.5  # of those, share whose middle is line-aligned
 
 
+LINE_COMPLETION = FimMix(fim_rate=1.0, spm_rate=0.0, line_rate=1.0)
+
+
 class SampleBuilder:
     """Turns a list of files into token sequences of at most ``seq_len`` tokens."""
 
@@ -37,12 +43,14 @@ class SampleBuilder:
         seed: int,
         mix: FimMix = FimMix(),
         template: FimTemplate = QWEN,
+        middle_only: bool = False,
     ) -> None:
         self.files = files
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.seed = seed
         self.mix = mix
+        self.middle_only = middle_only
         self.ids = {name: tokenizer.token_to_id(tok) for name, tok in _template_tokens(template).items()}
         sizes = np.array([len(f.text) for f in files], dtype=np.float64)
         self.cumulative = np.cumsum(sizes / sizes.sum())
@@ -68,14 +76,21 @@ class SampleBuilder:
         return prompt + mid
 
     def batch(self, step: int, batch_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """input_ids and labels for one optimizer step, right-padded; padding is not learned."""
+        """input_ids and labels for one optimizer step, right-padded; padding is not learned,
+        nor, with ``middle_only``, a FIM prompt."""
         seqs = [self.sample(step * batch_size + i) for i in range(batch_size)]
         input_ids = np.full((batch_size, self.seq_len), pad_id, dtype=np.int64)
         labels = np.full((batch_size, self.seq_len), IGNORE, dtype=np.int64)
         for row, seq in enumerate(seqs):
             input_ids[row, : len(seq)] = seq
-            labels[row, : len(seq)] = seq
+            first = self._answer_start(seq) if self.middle_only else 0
+            labels[row, first : len(seq)] = seq[first:]
         return input_ids, labels
+
+    def _answer_start(self, seq: list[int]) -> int:
+        """Index of the first middle token; a plain (non-FIM) sequence is learned whole."""
+        middle = self.ids["middle"]
+        return seq.index(middle) + 1 if middle in seq else 0
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []

@@ -2,6 +2,12 @@
 
 A plain PyTorch loop (AdamW, warmup then cosine) rather than a Trainer: the run must be
 resumable to the bit, time-budgeted, and cheap on two CPU cores.
+
+Two phases. Pre-training learns code (plain and FIM sequences, loss on every token) for
+``steps``. Then ``line_steps`` of line completion, with fresh optimizer moments and a short
+schedule of its own, learn only the answers to editor-shaped requests: on the small model
+that phase (about 100 s) lifts held-out single-line edit similarity more than the last third
+of pre-training does.
 """
 
 import json
@@ -17,10 +23,11 @@ from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from editloop.models.corpus import SourceFile
-from editloop.models.samples import SampleBuilder
+from editloop.models.samples import LINE_COMPLETION, SampleBuilder
 from editloop.models.tokenizer import save_hf_tokenizer
 
 WARMUP_STEPS = 20
+LINE_WARMUP_STEPS = 10
 CALIBRATION_STEPS = 5  # steps timed to turn --minutes into a step count; all within warmup
 VAL_BATCHES = 8
 
@@ -42,6 +49,9 @@ class StarterSize:
     minutes: float
     max_corpus_bytes: int | None
     eval_lines: int
+    line_steps: int = 0  # the line-completion phase after pre-training
+    line_batch: int = 16
+    line_lr: float = 1e-3
 
     def llama_config(self, eos_id: int, pad_id: int) -> LlamaConfig:
         return LlamaConfig(
@@ -61,16 +71,19 @@ class StarterSize:
         )
 
 
+# tiny pre-trains only: it exists to exercise the pipeline in seconds, and its end-to-end tests
+# depend on what it answers; after 200 steps the line phase mostly teaches it to repeat itself.
 SIZES = {
-    "tiny": StarterSize("tiny", 512, 64, 2, 4, 2, 192, 128, 256, 8, 3e-3, 200, 0.5, 1_500_000, 40),
-    "small": StarterSize("small", 4096, 192, 4, 6, 2, 512, 384, 384, 10, 3e-3, 1700, 14.0, None, 300),
-    "base": StarterSize("base", 8192, 512, 8, 8, 4, 1536, 1024, 2048, 8, 1e-3, None, 120.0, None, 500),
+    "tiny": StarterSize("tiny", 512, 64, 2, 4, 2, 192, 128, 256, 8, 3e-3, 200, 0.5, 1_500_000, 40, 0, 8),
+    "small": StarterSize("small", 4096, 192, 4, 6, 2, 512, 384, 384, 10, 3e-3, 1700, 14.0, None, 300, 100),
+    "base": StarterSize("base", 8192, 512, 8, 8, 4, 1536, 1024, 2048, 8, 1e-3, None, 120.0, None, 500, 300),
 }
 
 
 @dataclass
 class TrainResult:
-    steps: int
+    steps: int  # pre-training steps
+    line_steps: int
     tokens: int
     seconds: float
     tokens_per_s: float
@@ -99,6 +112,9 @@ class StarterTrainer:
         self.pad_id = tokenizer.token_to_id("<|fim_pad|>")
         self.train_samples = SampleBuilder(train, tokenizer, size.seq_len, seed)
         self.val_samples = SampleBuilder(heldout, tokenizer, size.seq_len, seed + 1)
+        self.line_samples = SampleBuilder(
+            train, tokenizer, size.seq_len, seed + 2, LINE_COMPLETION, middle_only=True
+        )
         torch.manual_seed(seed)
         self.model = LlamaForCausalLM(size.llama_config(self.eos_id, self.pad_id))
         self.optimizer = torch.optim.AdamW(
@@ -111,7 +127,21 @@ class StarterTrainer:
     def checkpoint_dir(self) -> Path:
         return self.work_dir / "checkpoint"
 
+    @property
+    def all_steps(self) -> int | None:
+        return None if self.total_steps is None else self.total_steps + self.size.line_steps
+
+    def line_step(self, step: int) -> int | None:
+        """The step's index within the line-completion phase, or None during pre-training."""
+        if self.total_steps is None or step < self.total_steps:
+            return None
+        return step - self.total_steps
+
     def lr_at(self, step: int) -> float:
+        k = self.line_step(step)
+        if k is not None:
+            ramp = min(1.0, (k + 1) / LINE_WARMUP_STEPS)
+            return self.size.line_lr * ramp * 0.5 * (1 + math.cos(math.pi * k / self.size.line_steps))
         if step < WARMUP_STEPS:
             return self.size.lr * (step + 1) / WARMUP_STEPS
         total = self.total_steps or WARMUP_STEPS + 1
@@ -124,23 +154,24 @@ class StarterTrainer:
         budget_s = 60 * (minutes if minutes is not None else self.size.minutes)
         loss = float("nan")
         try:
-            while self.total_steps is None or self.step < self.total_steps:
+            while self.all_steps is None or self.step < self.all_steps:
                 started = time.perf_counter()
                 loss = self._train_step()
                 self.seconds += time.perf_counter() - started
                 self.step += 1
                 if self.total_steps is None and self.step == CALIBRATION_STEPS:
-                    self.total_steps = max(WARMUP_STEPS + 1, int(budget_s / (self.seconds / self.step)))
+                    self.total_steps = self._calibrated_steps(budget_s)
                 if self.step % 100 == 0:
                     self.save_checkpoint()
                 if on_step:
-                    on_step(self.step, self.total_steps or 0, loss, self.tokens / self.seconds)
+                    on_step(self.step, self.all_steps or 0, loss, self.tokens / self.seconds)
         except KeyboardInterrupt:
             self.save_checkpoint()
             raise
         self.save_checkpoint()
         return TrainResult(
-            self.step,
+            self.total_steps or self.step,
+            self.step - (self.total_steps or self.step),
             self.tokens,
             self.seconds,
             self.tokens / max(self.seconds, 1e-9),
@@ -149,19 +180,34 @@ class StarterTrainer:
             sum(p.numel() for p in self.model.parameters()),
         )
 
+    def _calibrated_steps(self, budget_s: float) -> int:
+        """Pre-training steps that fit the budget once the line-completion phase is paid for."""
+        per_step = self.seconds / self.step
+        line_s = self.size.line_steps * per_step * self.size.line_batch / self.size.batch_size
+        return max(WARMUP_STEPS + 1, int((budget_s - line_s) / per_step))
+
     def _train_step(self) -> float:
         self.model.train()
-        input_ids, labels = self.train_samples.batch(self.step, self.size.batch_size, self.pad_id)
+        k = self.line_step(self.step)
+        if k == 0:
+            # The phase starts from fresh moments: pre-training's second moments are tuned to
+            # whole-sequence gradients, and its learning rate has decayed to a tenth.
+            self.optimizer.state.clear()
+        if k is None:
+            input_ids, labels = self.train_samples.batch(self.step, self.size.batch_size, self.pad_id)
+        else:
+            input_ids, labels = self.line_samples.batch(k, self.size.line_batch, self.pad_id)
         input_ids, labels = torch.from_numpy(input_ids), torch.from_numpy(labels)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
+        attention_mask = (input_ids != self.pad_id).long()
         with self._autocast():
-            out = self.model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.tokens += int((labels != -100).sum())
+        self.tokens += int(attention_mask.sum())
         return float(out.loss.detach())
 
     def _autocast(self) -> torch.autocast:
@@ -175,11 +221,11 @@ class StarterTrainer:
         losses = []
         for i in range(VAL_BATCHES):
             input_ids, labels = self.val_samples.batch(i, self.size.batch_size, self.pad_id)
-            labels_t = torch.from_numpy(labels)
+            input_t = torch.from_numpy(input_ids)
             out = self.model(
-                input_ids=torch.from_numpy(input_ids),
-                attention_mask=(labels_t != -100).long(),
-                labels=labels_t,
+                input_ids=input_t,
+                attention_mask=(input_t != self.pad_id).long(),
+                labels=torch.from_numpy(labels),
             )
             losses.append(float(out.loss))
         return sum(losses) / len(losses)
