@@ -303,24 +303,31 @@ def general_rows(count: int, seed: int) -> list[dict]:
     Without them a cycle that learns the team's code well can lose general code (seen on the small
     starter and the email package: held-out stdlib line similarity 0.108 → 0.077 with no rehearsal,
     → 0.085 with 0.5 rows per feedback row — both refused by the gate — and 0.106 with 1.5).
+    A third are multi-line spans: feedback is mostly single lines, and with single-line rehearsal
+    alone a longer cycle on the line-trained starter lost multi-line similarity 0.123 → 0.092.
     The gate's general check uses the held-out files, so these never leak into it.
     """
     if count <= 0:
         return []
-    from editloop.eval.lines import line_tasks
+    from editloop.eval.fim import fim_tasks
     from editloop.models.bootstrap import DEFAULT_EXCLUDE
     from editloop.models.corpus import load_corpus
 
-    corpus = load_corpus(["stdlib"], {"python"}, exclude=DEFAULT_EXCLUDE)
+    files = load_corpus(["stdlib"], {"python"}, exclude=DEFAULT_EXCLUDE).train
+    multi = count // 3
+    tasks = [
+        *fim_tasks(files, count - multi, seed=seed, kinds=("single-line",)),
+        *fim_tasks(files, multi, seed=seed, kinds=("multi-line",)),
+    ]
     return [
         {
             "prefix": t.prefix,
             "suffix": t.suffix,
             "reference": t.target,
-            "language": "python",
+            "language": t.language,
             "filepath": t.path,
         }
-        for t in line_tasks(corpus.train, count, seed=seed)
+        for t in tasks
     ]
 
 
