@@ -15,7 +15,7 @@ On a GPU with vLLM installed, vLLM generates the samples (colocated); everywhere
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from editloop.errors import TrainingDataError
 from editloop.training.metrics import StepMetrics
 from editloop.training.prompts import FimExample, HfPromptTokenizer, fim_prompt_ids
 from editloop.training.runtime import (
-    Device,
-    LoraSettings,
+    AdapterRunConfig,
+    RunReport,
     TimeBudget,
     last_value,
     load_causal_lm,
@@ -41,9 +41,8 @@ RewardFunc = Callable[..., list[float | None]]
 
 
 @dataclass
-class GrpoConfig:
+class GrpoConfig(AdapterRunConfig):
     max_steps: int = field(default=20, metadata={"help": "Optimizer steps (fewer if max_minutes runs out)."})
-    max_minutes: float | None = field(default=None, metadata={"help": "Stop after this much training time."})
     learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the adapter."})
     prompts_per_step: int = field(default=2, metadata={"help": "Distinct prompts in one optimizer step."})
     num_generations: int = field(
@@ -66,23 +65,14 @@ class GrpoConfig:
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per reward function (0 logs a reward without using it)."}
     )
-    max_context: int | None = field(
-        default=2048, metadata={"help": "Cap on prompt + completion tokens (the model's context if smaller)."}
-    )
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "The adapter trained."})
-    device: Device = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when present)."})
     use_vllm: bool | None = field(
         default=None, metadata={"help": "Generate with vLLM; None: when on a GPU and vLLM is installed."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for prompt order and sampling."})
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute activations to save memory (large models on a GPU)."}
-    )
-    tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard scalars."})
 
 
 @dataclass
-class GrpoReport:
+class GrpoReport(RunReport):
     adapter_dir: Path
     metrics_path: Path
     device: str
@@ -97,9 +87,6 @@ class GrpoReport:
     mean_frac_reward_zero_std: float | None  # 1.0: no group ever disagreed, so nothing was learned
     prompt_token_mismatches: int  # prompts TRL re-tokenizes to other ids than serving's
     stopped_early: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def grpo_rows(

@@ -9,7 +9,7 @@ the same code export uses (:func:`editloop.models.export.load_hf`).
 
 import importlib.util
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,29 @@ class LoraSettings:
             target_modules=self.target_modules,
             task_type="CAUSAL_LM",
         )
+
+
+@dataclass
+class AdapterRunConfig:
+    """The settings every adapter run (SFT, GRPO) takes the same way."""
+
+    max_minutes: float | None = field(default=None, metadata={"help": "Stop after this much training time."})
+    max_context: int | None = field(
+        default=2048, metadata={"help": "Cap on prompt + completion tokens (the model's context if smaller)."}
+    )
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "The adapter trained."})
+    device: Device = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when present)."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations to save memory (large models on a GPU)."}
+    )
+    tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard scalars."})
+
+
+class RunReport:
+    """``to_dict`` for a run's report dataclass: JSON-ready, paths as strings."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}  # type: ignore[call-overload]
 
 
 def resolve_device(device: Device) -> Literal["cpu", "cuda"]:

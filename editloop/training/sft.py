@@ -10,7 +10,7 @@ EOS; only the completion is learned. Rows arrive as :class:`FimExample` or plain
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from editloop.errors import TrainingDataError
 from editloop.training.metrics import StepMetrics
 from editloop.training.prompts import FimExample, HfPromptTokenizer, completion_ids, fim_prompt_ids
 from editloop.training.runtime import (
-    Device,
-    LoraSettings,
+    AdapterRunConfig,
+    RunReport,
     TimeBudget,
     last_value,
     load_causal_lm,
@@ -33,9 +33,8 @@ from editloop.training.runtime import (
 
 
 @dataclass
-class SftConfig:
+class SftConfig(AdapterRunConfig):
     max_steps: int = field(default=100, metadata={"help": "Optimizer steps (fewer if max_minutes runs out)."})
-    max_minutes: float | None = field(default=None, metadata={"help": "Stop after this much training time."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (LoRA: ~1e-4)."})
     batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step (per device)."})
     gradient_accumulation: int = field(default=1, metadata={"help": "Batches summed into one step."})
@@ -46,20 +45,11 @@ class SftConfig:
             "rows whose kept text is longer are skipped."
         },
     )
-    max_context: int | None = field(
-        default=2048, metadata={"help": "Cap on prompt + completion tokens (the model's context if smaller)."}
-    )
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "The adapter trained."})
-    device: Device = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when present)."})
     seed: int = field(default=0, metadata={"help": "Seed for data order and adapter initialisation."})
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute activations to save memory (large models on a GPU)."}
-    )
-    tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard scalars."})
 
 
 @dataclass
-class SftReport:
+class SftReport(RunReport):
     adapter_dir: Path
     metrics_path: Path
     device: str
@@ -71,9 +61,6 @@ class SftReport:
     first_loss: float | None
     final_loss: float | None
     stopped_early: bool  # max_minutes ran out before max_steps
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def sft_rows(

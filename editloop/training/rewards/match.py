@@ -11,6 +11,7 @@ A row without a kept text (``reference`` None) gets None: there is nothing to ma
 [0.6666666666666666]
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -43,6 +44,15 @@ def lines_matched(candidate: str, reference: str) -> float:
     return same / max(len(got), len(want))
 
 
+def _against_kept(
+    completions: list[Any] | None, kwargs: dict[str, Any], score: Callable[[str, str], float]
+) -> list[float | None]:
+    """``score(completion, kept text)`` per row; None where nothing was kept."""
+    texts = completion_texts(completions or [])
+    refs = column(kwargs, "reference", len(texts))
+    return [None if r is None else score(c, r) for c, r in zip(texts, refs, strict=True)]
+
+
 def exact_match(
     prompts: list[Any] | None = None,
     completions: list[Any] | None = None,
@@ -50,11 +60,7 @@ def exact_match(
     **kwargs: Any,
 ) -> list[float | None]:
     """1.0 when the completion is the kept text, else 0.0."""
-    texts = completion_texts(completions or [])
-    refs = column(kwargs, "reference", len(texts))
-    return [
-        None if r is None else float(normalize(c) == normalize(r)) for c, r in zip(texts, refs, strict=True)
-    ]
+    return _against_kept(completions, kwargs, lambda c, r: float(normalize(c) == normalize(r)))
 
 
 def edit_similarity(
@@ -64,9 +70,7 @@ def edit_similarity(
     **kwargs: Any,
 ) -> list[float | None]:
     """Normalised edit similarity to the kept text, in [0, 1]."""
-    texts = completion_texts(completions or [])
-    refs = column(kwargs, "reference", len(texts))
-    return [None if r is None else similarity(c, r) for c, r in zip(texts, refs, strict=True)]
+    return _against_kept(completions, kwargs, similarity)
 
 
 def line_match(
@@ -76,6 +80,4 @@ def line_match(
     **kwargs: Any,
 ) -> list[float | None]:
     """The share of lines, from the first, that equal the kept text's (see :func:`lines_matched`)."""
-    texts = completion_texts(completions or [])
-    refs = column(kwargs, "reference", len(texts))
-    return [None if r is None else lines_matched(c, r) for c, r in zip(texts, refs, strict=True)]
+    return _against_kept(completions, kwargs, lines_matched)
