@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from editloop.eval.engine import engine_for
-from editloop.eval.fim import FimReport, evaluate_fim, fim_tasks
+from editloop.eval.fim import FimReport, evaluate_fim, fim_task_mix, fim_tasks
 from editloop.models.corpus import load_corpus
 from editloop.models.llama import LlamaBackend
 
@@ -35,6 +35,14 @@ def test_tasks_are_a_function_of_files_and_seed(heldout) -> None:
         assert task.prefix + task.target + task.suffix == texts[task.path]
         lines = task.target.count("\n") + 1
         assert lines == 1 if task.kind == "single-line" else 2 <= lines <= 4
+
+
+def test_a_mix_of_kinds_is_the_per_kind_tasks_from_one_scan(heldout) -> None:
+    mix = fim_task_mix(heldout, {"single-line": 7, "multi-line": 3}, seed=4)
+    single = fim_tasks(heldout, 7, seed=4, kinds=("single-line",))
+    multi = fim_tasks(heldout, 3, seed=4, kinds=("multi-line",))
+    assert mix == single + multi and len(mix) == 10
+    assert fim_task_mix(heldout, {"multi-line": 0}, seed=4) == []
 
 
 def test_scores_are_deterministic_and_baselines_reported(tiny_version, heldout) -> None:

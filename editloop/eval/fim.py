@@ -47,6 +47,12 @@ def fim_tasks(
     files: list[SourceFile], n: int, seed: int = 0, kinds: tuple[Kind, ...] = KINDS
 ) -> list[FimTask]:
     """Up to ``n`` tasks of each kind; the same files and seed give the same tasks."""
+    return fim_task_mix(files, dict.fromkeys(kinds, n), seed)
+
+
+def fim_task_mix(files: list[SourceFile], counts: dict[Kind, int], seed: int = 0) -> list[FimTask]:
+    """Up to ``counts[kind]`` tasks of each kind, cut from one scan of ``files``. A kind's tasks
+    depend only on the files, the seed and its own count."""
     starts = [
         (f, i)
         for f in sorted(files, key=lambda f: f.path)
@@ -55,7 +61,8 @@ def fim_tasks(
     ]
     tasks = []
     for number, kind in enumerate(KINDS):
-        if kind not in kinds or not starts:
+        n = counts.get(kind, 0)
+        if n <= 0 or not starts:
             continue
         rng = np.random.default_rng([seed, number])
         picks = sorted(rng.choice(len(starts), size=min(n, len(starts)), replace=False))

@@ -309,16 +309,13 @@ def general_rows(count: int, seed: int) -> list[dict]:
     """
     if count <= 0:
         return []
-    from editloop.eval.fim import fim_tasks
+    from editloop.eval.fim import fim_task_mix
     from editloop.models.bootstrap import DEFAULT_EXCLUDE
     from editloop.models.corpus import load_corpus
 
     files = load_corpus(["stdlib"], {"python"}, exclude=DEFAULT_EXCLUDE).train
     multi = count // 3
-    tasks = [
-        *fim_tasks(files, count - multi, seed=seed, kinds=("single-line",)),
-        *fim_tasks(files, multi, seed=seed, kinds=("multi-line",)),
-    ]
+    tasks = fim_task_mix(files, {"single-line": count - multi, "multi-line": multi}, seed=seed)
     return [
         {
             "prefix": t.prefix,
