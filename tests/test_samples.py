@@ -53,3 +53,28 @@ def test_line_completion_learns_only_the_answer_to_an_editor_request(files, toke
         single_lines += "\n" not in answer
     # Mostly one line, sometimes a few: what an editor asks for at a fresh or partial line.
     assert 16 <= single_lines < 32
+
+
+def test_packing_tops_short_rows_up_with_whole_samples_after_an_eos(files, tokenizer) -> None:
+    pad, eos = tokenizer.token_to_id("<|fim_pad|>"), tokenizer.token_to_id("<|endoftext|>")
+    plain = SampleBuilder(files, tokenizer, SEQ_LEN, seed=0)
+    packed = SampleBuilder(files, tokenizer, SEQ_LEN, seed=0, pack=True)
+    plain_ids, _ = plain.batch(0, 32, pad)
+    packed_ids, packed_labels = packed.batch(0, 32, pad)
+    assert (plain_ids == pad).any()  # the unpacked batch has padding to fill
+    assert not (packed_ids == pad).any() and not (packed_labels == IGNORE).any()
+    for index, (short, full) in enumerate(zip(plain_ids, packed_ids, strict=True)):
+        n = int((short != pad).sum())
+        assert np.array_equal(full[:n], short[:n])  # the row's own sample comes first, unchanged
+        if n < SEQ_LEN:
+            after = n if short[n - 1] == eos else n + 1
+            assert short[n - 1] == eos or full[n] == eos
+            piece = packed.sample(index, part=1)
+            assert list(full[after : after + len(piece)]) == piece[: SEQ_LEN - after]
+    again, _ = SampleBuilder(files, tokenizer, SEQ_LEN, seed=0, pack=True).batch(0, 32, pad)
+    assert np.array_equal(again, packed_ids)
+
+
+def test_answer_only_labels_are_not_packed(files, tokenizer) -> None:
+    with pytest.raises(ValueError, match="not packed"):
+        SampleBuilder(files, tokenizer, SEQ_LEN, seed=0, mix=LINE_COMPLETION, middle_only=True, pack=True)

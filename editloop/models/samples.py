@@ -7,6 +7,10 @@ FIM follows Bavarian et al. 2022 (character-level splits, PSM and SPM), with hal
 FIM samples aligned to lines — cursor somewhere in a line, middle running to the end of
 it or a few lines on — because that is what an editor asks for.
 
+With ``pack``, a sequence that ends short of ``seq_len`` (a FIM sample whose middle was
+capped, a short file) is topped up with further samples, each after an EOS, instead of
+padding: on the stdlib 15 % of a small starter's pre-training positions were padding.
+
 ``LINE_COMPLETION`` with ``middle_only`` is the last phase of the starter's training: every
 sample is an editor's request (a line-aligned PSM prompt) and only the answer is learned.
 """
@@ -44,21 +48,26 @@ class SampleBuilder:
         mix: FimMix = FimMix(),
         template: FimTemplate = QWEN,
         middle_only: bool = False,
+        pack: bool = False,
     ) -> None:
+        if pack and middle_only:
+            raise ValueError("packing keeps whole-sequence labels; middle_only sequences are not packed")
         self.files = files
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.seed = seed
         self.mix = mix
         self.middle_only = middle_only
+        self.pack = pack
         self.ids = {name: tokenizer.token_to_id(tok) for name, tok in _template_tokens(template).items()}
         sizes = np.array([len(f.text) for f in files], dtype=np.float64)
         self.cumulative = np.cumsum(sizes / sizes.sum())
         # Four characters a token is generous for code, so a window rarely underfills the sequence.
         self.window_chars = seq_len * 4
 
-    def sample(self, index: int) -> list[int]:
-        rng = np.random.default_rng([self.seed, index])
+    def sample(self, index: int, part: int = 0) -> list[int]:
+        """Sample ``index``; a packed row's further pieces are parts 1, 2, … of the same index."""
+        rng = np.random.default_rng([self.seed, index] if part == 0 else [self.seed, index, part])
         file = self.files[min(int(np.searchsorted(self.cumulative, rng.random())), len(self.files) - 1)]
         text = _window(file.text, self.window_chars, rng)
         if rng.random() >= self.mix.fim_rate:
@@ -78,7 +87,7 @@ class SampleBuilder:
     def batch(self, step: int, batch_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
         """input_ids and labels for one optimizer step, right-padded; padding is not learned,
         nor, with ``middle_only``, a FIM prompt."""
-        seqs = [self.sample(step * batch_size + i) for i in range(batch_size)]
+        seqs = [self.row(step * batch_size + i) for i in range(batch_size)]
         input_ids = np.full((batch_size, self.seq_len), pad_id, dtype=np.int64)
         labels = np.full((batch_size, self.seq_len), IGNORE, dtype=np.int64)
         for row, seq in enumerate(seqs):
@@ -86,6 +95,17 @@ class SampleBuilder:
             first = self._answer_start(seq) if self.middle_only else 0
             labels[row, first : len(seq)] = seq[first:]
         return input_ids, labels
+
+    def row(self, index: int) -> list[int]:
+        """One row of a batch: a sample, topped up to ``seq_len`` when packing."""
+        seq, part = self.sample(index), 0
+        while self.pack and len(seq) < self.seq_len:
+            part += 1
+            piece = self.sample(index, part)
+            if not piece:
+                break
+            seq = [*seq, *([] if seq[-1:] == [self.ids["eos"]] else [self.ids["eos"]]), *piece]
+        return seq[: self.seq_len]
 
     def _answer_start(self, seq: list[int]) -> int:
         """Index of the first middle token; a plain (non-FIM) sequence is learned whole."""
