@@ -2,6 +2,7 @@
 
 - training throughput of each starter size (tokens/s over a few steps after one warm-up step),
   with the ratio against ``tiny`` measured in the same run;
+- the small starter's training step compiled (torch.compile) against eager, same run;
 - Muon against AdamW on the small starter: held-out loss after the same short run, and the
   tokens/s Newton-Schulz costs;
 - llama.cpp prompt and decode speed of the active version's GGUF files, as ratios against f16.
@@ -26,6 +27,7 @@ from editloop.models.starter import SIZES, StarterTrainer
 from editloop.settings import load_settings
 
 STEPS = 4
+COMPILE_STEPS = 20
 OPTIMIZER_STEPS = 150
 PROMPT_TOKENS, DECODE_TOKENS = 256, 64
 
@@ -35,14 +37,30 @@ def training_throughput(tokenizer: Tokenizer, corpus: Corpus, work: Path) -> dic
     return {"tokens_per_s": figures, "small_vs_tiny": figures["small"] / figures["tiny"]}
 
 
-def _tokens_per_s(name: str, tokenizer: Tokenizer, corpus: Corpus, work: Path) -> float:
+def compile_speedup(tokenizer: Tokenizer, corpus: Corpus, work: Path) -> dict:
+    """Steady-state tokens/s of the small starter compiled and eager, and what compiling cost."""
+    runs = {}
+    for name, on in (("eager", False), ("compiled", True)):
+        started = time.perf_counter()
+        tokens_per_s = _tokens_per_s("small", tokenizer, corpus, work / name, COMPILE_STEPS, compile=on)
+        runs[name] = {"tokens_per_s": tokens_per_s, "wall_s": time.perf_counter() - started}
+    return {
+        "steps": COMPILE_STEPS,
+        **runs,
+        "compiled_vs_eager": runs["compiled"]["tokens_per_s"] / runs["eager"]["tokens_per_s"],
+    }
+
+
+def _tokens_per_s(
+    name: str, tokenizer: Tokenizer, corpus: Corpus, work: Path, steps: int = STEPS, **size: object
+) -> float:
     size = dataclasses.replace(
-        SIZES[name], steps=STEPS + 1, line_steps=0, vocab_size=tokenizer.get_vocab_size()
+        SIZES[name], **{"steps": steps + 1, "line_steps": 0, "vocab_size": tokenizer.get_vocab_size()} | size
     )
     trainer = StarterTrainer(size, tokenizer, corpus.train, corpus.heldout, work / name, seed=0)
     stamps: list[tuple[float, int]] = []
     trainer.run(on_step=lambda *_: stamps.append((time.perf_counter(), trainer.tokens)))
-    # Timed from the end of the first step: it pays for allocator and thread-pool warm-up.
+    # Timed from the end of the first step: it pays for warm-up and, compiled, for compiling.
     (t0, n0), (t1, n1) = stamps[0], stamps[-1]
     return (n1 - n0) / (t1 - t0)
 
@@ -57,6 +75,7 @@ def optimizer_comparison(tokenizer: Tokenizer, corpus: Corpus, work: Path) -> di
             line_steps=0,
             muon_lr=muon_lr,
             vocab_size=tokenizer.get_vocab_size(),
+            compile=False,  # compiling would cost a third of so short a run, the same for both
         )
         result = StarterTrainer(size, tokenizer, corpus.train, corpus.heldout, work / name, seed=0).run()
         runs[name] = {"val_loss": result.val_loss, "tokens_per_s": result.tokens_per_s}
@@ -107,6 +126,7 @@ def main() -> None:
             "model_version": version.name,
             "threads": torch.get_num_threads(),
             "training": training_throughput(tokenizer, corpus, Path(tmp)),
+            "compile": compile_speedup(tokenizer, corpus, Path(tmp)),
             "optimizer": optimizer_comparison(tokenizer, corpus, Path(tmp)),
             "llama_cpp": llama_speed(version),
         }
