@@ -5,6 +5,8 @@
 - the small starter's training step compiled (torch.compile) against eager, same run;
 - Muon against AdamW on the small starter: held-out loss after the same short run, and the
   tokens/s Newton-Schulz costs;
+- in-context copying of the active version (HF weights): loss on a held-out code span, and on
+  the same span repeated right after it — a model that copies predicts the repeat far better;
 - llama.cpp prompt and decode speed of the active version's GGUF files, as ratios against f16.
 
 Run: ``make bench`` (uses the active model; builds a tiny one in a temporary home if none).
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 from llama_cpp import Llama
 from tokenizers import Tokenizer
+from transformers import AutoModelForCausalLM
 
 from editloop.models.bootstrap import BootstrapOptions, bootstrap
 from editloop.models.corpus import Corpus, load_corpus
@@ -30,6 +33,7 @@ STEPS = 4
 COMPILE_STEPS = 20
 OPTIMIZER_STEPS = 150
 PROMPT_TOKENS, DECODE_TOKENS = 256, 64
+COPY_SPAN, COPY_FILES = 100, 20
 
 
 def training_throughput(tokenizer: Tokenizer, corpus: Corpus, work: Path) -> dict:
@@ -87,6 +91,35 @@ def optimizer_comparison(tokenizer: Tokenizer, corpus: Corpus, work: Path) -> di
     }
 
 
+@torch.no_grad()
+def copying(version: ModelVersion, tokenizer: Tokenizer, corpus: Corpus) -> dict | None:
+    """Mean token loss on held-out spans seen once, then on their immediate repeat."""
+    hf = version.hf_path()
+    if hf is None:
+        return None  # an imported GGUF without HF weights
+    model = AutoModelForCausalLM.from_pretrained(hf).eval()
+    # From the second hundred tokens on: a file's first are mostly its licence header.
+    encoded = (tokenizer.encode(f.text).ids for f in corpus.heldout)
+    spans = [ids[COPY_SPAN : 2 * COPY_SPAN] for ids in encoded if len(ids) >= 2 * COPY_SPAN]
+    first, repeat = [], []
+    for span in spans[:COPY_FILES]:
+        x = torch.tensor([span + span])
+        losses = torch.nn.functional.cross_entropy(
+            model(x).logits[0, :-1].float(), x[0, 1:], reduction="none"
+        )
+        first.append(float(losses[: COPY_SPAN - 1].mean()))
+        repeat.append(float(losses[COPY_SPAN:].mean()))  # positions that predict the repeat's tokens 2..n
+    if not first:
+        return None
+    first_loss, repeat_loss = sum(first) / len(first), sum(repeat) / len(repeat)
+    return {
+        "spans": len(first),
+        "first_pass_loss": first_loss,
+        "repeat_loss": repeat_loss,
+        "repeat_vs_first": repeat_loss / first_loss,
+    }
+
+
 def llama_speed(version: ModelVersion) -> dict:
     figures = {}
     for quant, rel in sorted(version.manifest.gguf.items()):
@@ -128,6 +161,7 @@ def main() -> None:
             "training": training_throughput(tokenizer, corpus, Path(tmp)),
             "compile": compile_speedup(tokenizer, corpus, Path(tmp)),
             "optimizer": optimizer_comparison(tokenizer, corpus, Path(tmp)),
+            "copying": copying(version, tokenizer, load_corpus(["stdlib"], {"python"}, max_bytes=None)),
             "llama_cpp": llama_speed(version),
         }
     print(json.dumps(report, indent=2))
