@@ -154,7 +154,10 @@ def test_time_budget_leaves_room_for_the_line_completion_phase(small_corpus, tin
     with_phase = _trainer(small_corpus, tmp_path / "a", steps=None)  # type: ignore[arg-type]
     with_phase.step, with_phase.seconds = 5, 5.0  # one second a pre-training step
     per_line_step = TINY.line_batch / TINY.batch_size
-    assert with_phase._calibrated_steps(600.0) == int(600 - LINE_STEPS * per_line_step)
+    assert with_phase._calibrated_steps(600.0, 1.0) == 1 + int(599 - LINE_STEPS * per_line_step)
+    # A first step that compiled for 21 s is paid for, and not taken for what a step costs.
+    with_phase.seconds = 25.0
+    assert with_phase._calibrated_steps(600.0, 21.0) == 1 + int(579 - LINE_STEPS * per_line_step)
 
 
 def test_bootstrap_cli_runs_the_line_completion_phase_and_says_how_to_reproduce(tmp_path) -> None:

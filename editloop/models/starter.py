@@ -89,9 +89,10 @@ class StarterSize:
 # packed rows carry 17 % more tokens and compiling saves about 10 %, so 2600 + 150 steps see
 # 10.7M tokens where 1700 + 100 saw 6.0M. The model then copies from its context (a held-out
 # span's loss on its immediate repeat is 0.40 of the first pass, against 0.65 at 192 wide; make
-# bench, "copying"): held-out loss 2.91 -> 2.48, edit similarity 0.233 -> 0.251. Narrower still
-# (96 wide, 3700 + 200 steps) scored 0.247 in 19.4 minutes; ending pre-training's cosine at zero
-# instead of a tenth, 0.253 (within noise).
+# bench, "copying"): held-out loss 2.91 -> 2.50. Held-out edit similarity moves less than run-to-
+# run noise would hide: 0.233 -> 0.238 for the published build, 0.251 and 0.253 for two earlier
+# builds of this recipe (one ending its cosine at zero). 96 wide, 3700 + 200 steps: 0.247 in 19.4
+# minutes.
 SIZES = {
     "tiny": StarterSize("tiny", 512, 64, 2, 4, 2, 192, 128, 256, 8, 3e-3, 200, 0.5, 1_500_000, 40, 0, 8),
     "small": StarterSize(
@@ -212,6 +213,14 @@ class StarterTrainer:
         self._resume()
         budget_s = 60 * (minutes if minutes is not None else self.size.minutes)
         loss, first_step_s = float("nan"), 0.0
+        determinism = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
+        if self.compiled is not None:
+            # Inductor's embedding backward otherwise adds with atomics in thread order, and a seed
+            # would no longer fix the run; the deterministic kernels cost nothing measurable here.
+            torch.use_deterministic_algorithms(True, warn_only=True)
         try:
             while self.all_steps is None or self.step < self.all_steps:
                 started = time.perf_counter()
@@ -230,6 +239,8 @@ class StarterTrainer:
         except KeyboardInterrupt:
             self.save_checkpoint()
             raise
+        finally:
+            torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
         self.save_checkpoint()
         return TrainResult(
             self.total_steps or self.step,
