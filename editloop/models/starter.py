@@ -88,7 +88,7 @@ class StarterSize:
 # Within small's 20 minutes steps beat width: at 128 wide a step costs about 0.6 of one at 192,
 # packed rows carry 17 % more tokens and compiling saves about 10 %, so 2600 + 150 steps see
 # 10.7M tokens where 1700 + 100 saw 6.0M. The model then copies from its context (a held-out
-# span's loss on its immediate repeat is 0.40 of the first pass, against 0.65 at 192 wide; make
+# span's loss on its immediate repeat is 0.41 of the first pass, against 0.65 at 192 wide; make
 # bench, "copying"): held-out loss 2.91 -> 2.50. Held-out edit similarity moves less than run-to-
 # run noise would hide: 0.233 -> 0.238 for the published build, 0.251 and 0.253 for two earlier
 # builds of this recipe (one ending its cosine at zero). 96 wide, 3700 + 200 steps: 0.247 in 19.4
