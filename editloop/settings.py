@@ -141,8 +141,9 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Skip a cycle with fewer training samples than this."
     )
     # 80 was enough for the starter before its line-completion phase; after it, the email demo's
-    # gain at 80 steps (+0.015 edit similarity) was within noise, at 160 it is +0.071.
-    retrain_sft_steps: int = Field(default=160, ge=1, description="SFT optimizer steps per cycle.")
+    # gain at 80 steps (+0.015 edit similarity) was within noise, at 160 it was +0.071. On the
+    # 128-wide starter 160 steps were refused at both rates below; 320 at 3e-3 gain +0.096.
+    retrain_sft_steps: int = Field(default=320, ge=1, description="SFT optimizer steps per cycle.")
     retrain_grpo_steps: int = Field(default=5, ge=0, description="GRPO optimizer steps per cycle (0: skip).")
     retrain_projects: list[str] = Field(
         default=[], description="Feedback projects the trainer learns from (JSON list); empty: all of them."
@@ -150,11 +151,13 @@ class Settings(BaseSettings):
     retrain_general_mix: float = Field(
         default=1.5, ge=0, le=4, description="General-code rows mixed into SFT per feedback row (forgetting)."
     )
-    # 1e-3 since the starter trains with Muon: at 3e-3 the demo cycle on it learned the team's code
-    # less (+0.021 held-out similarity, within noise) and forgot more (stdlib multi-line
-    # 0.136 -> 0.108); at 1e-3 it gained +0.031 (interval +0.006..+0.053) and kept 0.132.
+    # The rate follows the starter. On the 192-wide Muon starter 3e-3 learned less and forgot more
+    # than 1e-3 (demo gain +0.021 within noise, stdlib multi-line 0.136 -> 0.108). On today's
+    # 128-wide one, 160 steps gained nothing at 1e-3 (-0.000, interval -0.026..+0.030) and +0.025
+    # (within noise) at 3e-3; 320 steps at 3e-3 gain +0.096 (+0.055..+0.137) with stdlib single-
+    # and multi-line within tolerance (-0.015, -0.010).
     retrain_learning_rate: float = Field(
-        default=1e-3, gt=0, description="SFT learning rate of the LoRA adapter."
+        default=3e-3, gt=0, description="SFT learning rate of the LoRA adapter."
     )
     retrain_device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where cycles train.")
     retrain_general_samples: int = Field(

@@ -48,7 +48,7 @@ class CycleConfig:
     sft_minutes: float | None = field(default=10.0, metadata={"help": "SFT time budget."})
     grpo_steps: int = field(default=5, metadata={"help": "GRPO optimizer steps (0 skips GRPO)."})
     grpo_minutes: float | None = field(default=10.0, metadata={"help": "GRPO time budget."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate of the LoRA adapter."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "SFT learning rate of the LoRA adapter."})
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank for SFT and GRPO."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto."})
     gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "When a candidate is published."})
