@@ -104,7 +104,9 @@ class SampleBuilder:
             piece = self.sample(index, part)
             if not piece:
                 break
-            seq = [*seq, *([] if seq[-1:] == [self.ids["eos"]] else [self.ids["eos"]]), *piece]
+            if seq[-1:] != [self.ids["eos"]]:
+                seq.append(self.ids["eos"])
+            seq.extend(piece)
         return seq[: self.seq_len]
 
     def _answer_start(self, seq: list[int]) -> int:
