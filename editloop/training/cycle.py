@@ -39,29 +39,46 @@ class CycleError(EditloopError):
     code = "cycle_failed"
 
 
+def _setting(name: str):
+    """A knob the operator sets as ``EDITLOOP_<NAME>``: its default is the settings' one, so a
+    cycle built directly trains like the worker's."""
+    return Settings.model_fields[name].default
+
+
 @dataclass
 class CycleConfig:
     min_samples: int = field(
-        default=20, metadata={"help": "Skip the cycle below this many training samples."}
+        default=_setting("retrain_min_samples"),
+        metadata={"help": "Skip the cycle below this many training samples."},
     )
-    sft_steps: int = field(default=80, metadata={"help": "SFT optimizer steps."})
+    sft_steps: int = field(default=_setting("retrain_sft_steps"), metadata={"help": "SFT optimizer steps."})
     sft_minutes: float | None = field(default=10.0, metadata={"help": "SFT time budget."})
-    grpo_steps: int = field(default=5, metadata={"help": "GRPO optimizer steps (0 skips GRPO)."})
+    grpo_steps: int = field(
+        default=_setting("retrain_grpo_steps"), metadata={"help": "GRPO optimizer steps (0 skips GRPO)."}
+    )
     grpo_minutes: float | None = field(default=10.0, metadata={"help": "GRPO time budget."})
-    learning_rate: float = field(default=3e-3, metadata={"help": "SFT learning rate of the LoRA adapter."})
+    learning_rate: float = field(
+        default=_setting("retrain_learning_rate"), metadata={"help": "SFT learning rate of the LoRA adapter."}
+    )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank for SFT and GRPO."})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto."})
+    device: str = field(default=_setting("retrain_device"), metadata={"help": "cpu, cuda or auto."})
     gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "When a candidate is published."})
     dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"help": "Targets and split."})
     general_mix: float = field(
-        default=1.5,
+        default=_setting("retrain_general_mix"),
         metadata={
             "help": "Rehearsal: general-code FIM rows added to SFT, as a fraction of the feedback rows."
         },
     )
     general_checks: bool = field(default=True, metadata={"help": "Guard general code (FIM, HumanEval)."})
-    general_samples: int = field(default=60, metadata={"help": "Held-out stdlib FIM tasks for the guard."})
-    humaneval_tasks: int = field(default=0, metadata={"help": "HumanEval single-line tasks (0: skip)."})
+    general_samples: int = field(
+        default=_setting("retrain_general_samples"),
+        metadata={"help": "Held-out stdlib FIM tasks for the guard."},
+    )
+    humaneval_tasks: int = field(
+        default=_setting("retrain_humaneval_tasks"),
+        metadata={"help": "HumanEval single-line tasks (0: skip)."},
+    )
     force: bool = field(default=False, metadata={"help": "Publish even when the gate fails (operator)."})
     activate: bool = field(default=True, metadata={"help": "Make a published version current."})
     quants: tuple[str, ...] = field(default=("f16", "q8_0"), metadata={"help": "GGUF files to export."})
