@@ -1,5 +1,6 @@
 """A real editloop server on a free loopback port, over a private copy of the tiny registry."""
 
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,17 @@ from editloop.server.background import background_server, free_port
 from editloop.settings import Settings, load_settings
 
 USER, ADMIN = "user-token", "admin-token"
+
+
+def server_env(home: Path, feedback_redis: str) -> dict[str, str]:
+    """The environment of an ``editloop`` child (the LSP server) on ``home``'s tiny model."""
+    return {
+        **os.environ,
+        "EDITLOOP_HOME": str(home),
+        "EDITLOOP_REDIS_URL": feedback_redis,
+        "EDITLOOP_ABSTAIN_THRESHOLD": "0",  # the tiny model scores low: show what it has
+        "EDITLOOP_MODEL_THREADS": "1",
+    }
 
 
 def copy_home(source: Settings, target: Path) -> Path:

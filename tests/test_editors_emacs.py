@@ -18,7 +18,7 @@ import pytest
 from editloop.feedback.store import FeedbackStore
 from editloop.settings import Settings
 from tests.redis_fixtures import running_redis
-from tests.server_fixtures import copy_home
+from tests.server_fixtures import copy_home, server_env
 
 DRIVERS = Path(__file__).parent / "editors"
 DOC = "import os\n\n\ndef add(a, b):\n    return \n\n\ndef main():\n    print(add(1, 2))\n"
@@ -57,14 +57,10 @@ def test_readme_emacs_snippet_completes_and_reports_to_redis(
     (workspace / ".git").mkdir(parents=True)  # a project root, as both clients look for one
     (workspace / "app.py").write_text(DOC)
     env = {
-        **os.environ,
+        **server_env(home, feedback_redis),
         # `editloop` on PATH, as the snippet expects of an installed package.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "HOME": str(tmp_path),  # no user init, no package state of the machine's user
-        "EDITLOOP_HOME": str(home),
-        "EDITLOOP_REDIS_URL": feedback_redis,
-        "EDITLOOP_ABSTAIN_THRESHOLD": "0",  # the tiny model scores low: show what it has
-        "EDITLOOP_MODEL_THREADS": "1",
         "EDITLOOP_TEST_FILE": str(workspace / "app.py"),
     }
     run = subprocess.run(

@@ -6,7 +6,6 @@ private copy of the tiny model's registry and writes to its own feedback project
 """
 
 import asyncio
-import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,7 @@ from editloop.lsp.tracking import similarity
 from editloop.server.background import free_port
 from editloop.settings import Settings
 from tests.redis_fixtures import running_redis
-from tests.server_fixtures import USER, copy_home, running_server
+from tests.server_fixtures import USER, copy_home, running_server, server_env
 
 ROOT = "file:///work/project"
 URI = f"{ROOT}/example.py"
@@ -65,16 +64,6 @@ def home(tiny_settings: Settings, tiny_version, tmp_path_factory) -> Path:
 @pytest.fixture
 def project(request) -> str:
     return request.node.name.replace("[", "-").replace("]", "")[:100]
-
-
-def server_env(home: Path, feedback_redis: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "EDITLOOP_HOME": str(home),
-        "EDITLOOP_REDIS_URL": feedback_redis,
-        "EDITLOOP_ABSTAIN_THRESHOLD": "0",  # the tiny model scores low: show what it has
-        "EDITLOOP_MODEL_THREADS": "1",
-    }
 
 
 @asynccontextmanager

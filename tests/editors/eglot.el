@@ -1,6 +1,5 @@
 ;;; Drives `editloop lsp' from Emacs's eglot with README's snippet; run by tests/test_editors_emacs.py.
 (require 'eglot)
-(require 'json)
 (setq eglot-sync-connect 60)
 
 ;; README's snippet, verbatim.

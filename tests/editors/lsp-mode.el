@@ -1,9 +1,8 @@
 ;;; Drives `editloop lsp' from Emacs's lsp-mode with README's snippet; run by tests/test_editors_emacs.py.
 (require 'lsp-mode)
 (setq lsp-auto-guess-root t lsp-enable-file-watchers nil lsp-enable-snippet nil lsp-restart 'ignore
-      ;; Debian's elpa-lsp-mode 8.0 lacks the modeline and headerline modes its defaults turn on.
-      lsp-modeline-workspace-status-enable nil lsp-modeline-code-actions-enable nil
-      lsp-modeline-diagnostics-enable nil lsp-headerline-breadcrumb-enable nil
+      ;; Debian's elpa-lsp-mode 8.0 lacks the mode this default turns on (README says so too).
+      lsp-modeline-workspace-status-enable nil
       lsp-session-file (expand-file-name "lsp-session" temporary-file-directory))
 
 ;; README's snippet, verbatim.
