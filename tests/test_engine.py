@@ -35,10 +35,15 @@ def test_prompt_fits_the_budget_and_keeps_the_cursor_side(manager) -> None:
         assert len(prompt.ids) <= backend.n_ctx - 32
         assert prompt.truncated
         fim = backend.fim
+        assert fim.spm  # the starter is prompted suffix first
+        assert prompt.ids[0] == backend.special_id(fim.suffix)
         assert prompt.ids[-1] == backend.special_id(fim.middle)
-        # The prefix keeps its end: the tokens right before <|fim_suffix|> spell the text at the cursor.
-        cut = prompt.ids.index(backend.special_id(fim.suffix))
+        # The prefix keeps its end: the tokens right before <|fim_middle|> spell the text at the cursor.
+        cut = len(prompt.ids) - 1
         assert prompt.ids[cut - len(backend.tokenize("y = ")) : cut] == backend.tokenize("y = ")
+        # The suffix keeps its start, right after <|fim_suffix|>.
+        head = backend.tokenize("\nprint(y)\n")
+        assert prompt.ids[1 : 1 + len(head)] == head
 
 
 def test_extra_context_uses_the_repo_layout(manager) -> None:
@@ -47,6 +52,9 @@ def test_extra_context_uses_the_repo_layout(manager) -> None:
         prompt = build_prompt(backend, "x = ", "\n", extra, "main.py", 16)
         sep = backend.special_id(backend.fim.file_sep)
         assert prompt.ids[0] == sep and prompt.ids.count(sep) == 2 and prompt.extra_tokens > 0
+        # The current file's FIM prompt follows the other files, suffix first as the model reads it.
+        after = prompt.ids[prompt.extra_tokens]
+        assert after == backend.special_id(backend.fim.suffix)
 
 
 def test_candidates_are_reported_and_choices_ranked(manager) -> None:

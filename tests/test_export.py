@@ -26,6 +26,14 @@ def test_starter_export_parity_figures(tiny_version: ModelVersion) -> None:
     assert greedy["token_agreement"]["q8_0"] >= 0.9
 
 
+def test_the_starters_suffix_first_order_travels_with_its_gguf(
+    tiny_version: ModelVersion, tmp_path: Path
+) -> None:
+    assert tiny_version.manifest.fim.spm
+    imported = Registry(tmp_path / "models").import_gguf(tiny_version.gguf_path())
+    assert imported.manifest.fim == tiny_version.manifest.fim
+
+
 def test_qwen2_architecture_exports_and_verifies(tiny_hf_dir: Path, tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
     config = Qwen2Config(
@@ -43,6 +51,7 @@ def test_qwen2_architecture_exports_and_verifies(tiny_hf_dir: Path, tmp_path: Pa
     model = Qwen2ForCausalLM(config).eval()
     exported, checks = export_verified(model, tokenizer, tmp_path, quants=("f16", "q8_0"))
     assert exported.arch == "qwen2"
+    assert not exported.fim.spm  # no fim_spm in its config: prefix first, as Qwen2.5-Coder
     assert checks["greedy"]["token_agreement"]["f16"] == 1.0
     llm = Llama(str(exported.files["q8_0"]), vocab_only=True, verbose=False)
     try:

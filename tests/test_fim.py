@@ -48,3 +48,6 @@ def test_budget_keeps_the_code_nearest_the_cursor() -> None:
 
 def test_spm_order_puts_the_suffix_first() -> None:
     assert fim_token_ids([7], [8], (1, 2, 3), budget=10, spm=True) == [2, 8, 1, 7, 3]
+    spm = detect_template(QWEN.special_tokens(), spm=True)
+    assert spm.spm and not detect_template(QWEN.special_tokens()).spm
+    assert spm.format("a", "b") == "<|fim_suffix|>b<|fim_prefix|>a<|fim_middle|>"

@@ -1,5 +1,7 @@
 """Training sequences: pure functions of (seed, index), and the line-completion phase's labels."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
@@ -35,14 +37,18 @@ def test_pre_training_learns_every_token_but_padding(files, tokenizer) -> None:
     assert np.array_equal(labels != IGNORE, input_ids != pad)
 
 
-def test_line_completion_learns_only_the_answer_to_an_editor_request(files, tokenizer) -> None:
-    ids = {t: tokenizer.token_to_id(t) for t in ("<|fim_prefix|>", "<|fim_middle|>", "<|endoftext|>")}
+@pytest.mark.parametrize("spm", [False, True], ids=["psm", "spm"])
+def test_line_completion_learns_only_the_answer_to_an_editor_request(files, tokenizer, spm) -> None:
+    names = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|endoftext|>")
+    ids = {t: tokenizer.token_to_id(t) for t in names}
     pad = tokenizer.token_to_id("<|fim_pad|>")
-    builder = SampleBuilder(files, tokenizer, SEQ_LEN, seed=0, mix=LINE_COMPLETION, middle_only=True)
+    mix = replace(LINE_COMPLETION, spm_rate=float(spm))
+    builder = SampleBuilder(files, tokenizer, SEQ_LEN, seed=0, mix=mix, middle_only=True)
     input_ids, labels = builder.batch(0, 32, pad)
     single_lines = 0
     for row, row_labels in zip(input_ids, labels, strict=True):
-        assert row[0] == ids["<|fim_prefix|>"]  # prefix-suffix-middle, the order editors send
+        # Every row in the order the model is served: prefix first, or suffix first (SPM).
+        assert row[0] == ids["<|fim_suffix|>" if spm else "<|fim_prefix|>"]
         middle_at = int(np.flatnonzero(row == ids["<|fim_middle|>"])[0])
         learned = np.flatnonzero(row_labels != IGNORE)
         assert learned[0] == middle_at + 1 and np.array_equal(

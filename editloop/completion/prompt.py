@@ -6,6 +6,9 @@ just wrote — all the rest. With ``<|file_sep|>`` in the vocabulary, other file
 repo-level layout Qwen2.5-Coder was trained on::
 
     <|file_sep|>utils.py\\n{code}<|file_sep|>main.py\\n<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>
+
+(suffix first, ``<|fim_suffix|>{suffix}<|fim_prefix|>{prefix}<|fim_middle|>``, for a model whose
+template says ``spm``).
 """
 
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from editloop.completion.types import Snippet
 from editloop.errors import BadRequestError, ModelError
 from editloop.models.backend import Backend
+from editloop.models.fim import ordered
 
 SUFFIX_SHARE, EXTRA_SHARE = 0.2, 0.25
 CHARS_PER_TOKEN_MAX = 8  # pre-trim text before tokenizing: no token is longer than this on average
@@ -58,7 +62,7 @@ def build_prompt(
     prefix_all = backend.tokenize(prefix[-room * CHARS_PER_TOKEN_MAX :]) if prefix and room > 0 else []
     prefix_ids = prefix_all[len(prefix_all) - room :] if room > 0 else []
     truncated = len(prefix_ids) < len(prefix_all) or len(prefix) > room * CHARS_PER_TOKEN_MAX
-    ids = [*extra_ids, pre_id, *prefix_ids, suf_id, *suffix_ids, mid_id]
+    ids = [*extra_ids, *ordered(prefix_ids, suffix_ids, (pre_id, suf_id, mid_id), fim.spm)]
     return Prompt(ids, len(prefix_ids), len(suffix_ids), len(extra_ids), truncated)
 
 

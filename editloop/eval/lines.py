@@ -90,7 +90,7 @@ def _generate(gguf: Path, template: FimTemplate, tasks: list[LineTask], threads:
         outputs = []
         for task in tasks:
             pre, suf = backend.tokenize(task.prefix), backend.tokenize(task.suffix)
-            prompt = fim_token_ids(pre, suf, specials, budget)
+            prompt = fim_token_ids(pre, suf, specials, budget, template.spm)
             outputs.append(backend.generate(prompt, params).generations[0].text.split("\n")[0])
         return outputs
     finally:

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from editloop.errors import ExportError, ModelError
-from editloop.models.fim import FimTemplate, detect_template
+from editloop.models.fim import SPM_CONFIG_KEY, SPM_GGUF_KEY, FimTemplate, detect_template
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ def write_gguf(
     if spec is None:
         raise ExportError(f"cannot export {arch_name}: supported architectures are {', '.join(ARCHS)}")
     vocab = _vocab(tokenizer, model.config.vocab_size)
-    template = detect_template(vocab.tokens, source=f"tokenizer of {arch_name}")
+    spm = bool(getattr(model.config, SPM_CONFIG_KEY, False))
+    template = detect_template(vocab.tokens, source=f"tokenizer of {arch_name}", spm=spm)
     writer = gguf.GGUFWriter(str(path), spec.gguf_name)
     _write_hparams(writer, model.config, spec)
     _write_tokenizer(writer, tokenizer, vocab, template)
@@ -219,6 +220,8 @@ def _write_tokenizer(writer, tokenizer, vocab: Vocab, template: FimTemplate) -> 
     for key, token in fim.items():
         if token:
             writer.add_uint32(key, ids[token])
+    if template.spm:
+        writer.add_bool(SPM_GGUF_KEY, True)
 
 
 def _write_hparams(writer, config, spec: ArchSpec) -> None:

@@ -5,6 +5,13 @@ real Qwen2.5-Coder model is a drop-in replacement.
 
 >>> QWEN.format("def f():\\n    ", "\\n")
 '<|fim_prefix|>def f():\\n    <|fim_suffix|>\\n<|fim_middle|>'
+
+A model trained to read the suffix first (``spm``, as llama.cpp's ``--spm-infill``) gets the
+same tokens in suffix-prefix-middle order, so the code just before the cursor sits right
+before the answer:
+
+>>> QWEN.model_copy(update={"spm": True}).format("def f():\\n    ", "\\n")
+'<|fim_suffix|>\\n<|fim_prefix|>def f():\\n    <|fim_middle|>'
 """
 
 from collections.abc import Iterable
@@ -13,9 +20,14 @@ from pydantic import BaseModel
 
 from editloop.errors import NoFimTokensError
 
+# Where a model says it is prompted suffix first: a key of its HF config.json and of its GGUF
+# metadata. FIM token names cannot tell, and a model prompted in the other order answers worse.
+SPM_CONFIG_KEY = "fim_spm"
+SPM_GGUF_KEY = "editloop.fim_spm"
+
 
 class FimTemplate(BaseModel, frozen=True):
-    """The special tokens that frame a FIM prompt, in prefix-suffix-middle order."""
+    """The special tokens that frame a FIM prompt, and the order the model reads them in."""
 
     family: str
     prefix: str
@@ -25,8 +37,11 @@ class FimTemplate(BaseModel, frozen=True):
     file_sep: str | None = None
     repo_name: str | None = None
     pad: str | None = None
+    spm: bool = False  # suffix-prefix-middle order, else prefix-suffix-middle
 
     def format(self, prefix: str, suffix: str) -> str:
+        if self.spm:
+            return f"{self.suffix}{suffix}{self.prefix}{prefix}{self.middle}"
         return f"{self.prefix}{prefix}{self.suffix}{suffix}{self.middle}"
 
     def special_tokens(self) -> list[str]:
@@ -71,8 +86,9 @@ CODELLAMA = FimTemplate(
 KNOWN_TEMPLATES = (QWEN, DEEPSEEK, STARCODER, CODELLAMA)
 
 
-def detect_template(tokens: Iterable[str], source: str = "model") -> FimTemplate:
-    """The template whose prefix, suffix and middle tokens are all in ``tokens``.
+def detect_template(tokens: Iterable[str], source: str = "model", spm: bool = False) -> FimTemplate:
+    """The template whose prefix, suffix and middle tokens are all in ``tokens``, in the order
+    ``spm`` says (the model's :data:`SPM_CONFIG_KEY` or :data:`SPM_GGUF_KEY`).
 
     Optional tokens (file separator, repo name, pad, eos) the vocabulary lacks are dropped.
     """
@@ -85,6 +101,7 @@ def detect_template(tokens: Iterable[str], source: str = "model") -> FimTemplate
                     "file_sep": template.file_sep if template.file_sep in vocab else None,
                     "repo_name": template.repo_name if template.repo_name in vocab else None,
                     "pad": template.pad if template.pad in vocab else None,
+                    "spm": spm,
                 }
             )
     names = ", ".join(f"{t.family} ({t.prefix} {t.suffix} {t.middle})" for t in KNOWN_TEMPLATES)
@@ -104,13 +121,19 @@ def fim_token_ids(
     """A FIM prompt within ``budget`` content tokens: the suffix gets at most a third, and
     the prefix loses its start (the code farthest from the cursor) first.
 
-    ``special_ids`` are the (prefix, suffix, middle) token ids. ``spm`` puts the suffix first,
-    a variant the starter model also trains on.
+    ``special_ids`` are the (prefix, suffix, middle) token ids. ``spm`` puts the suffix first.
     """
-    p, s, m = special_ids
     suffix_ids = suffix_ids[: max(0, budget) // 3]
     room = max(0, budget - len(suffix_ids))
     prefix_ids = prefix_ids[len(prefix_ids) - room :] if room else []
+    return ordered(prefix_ids, suffix_ids, special_ids, spm)
+
+
+def ordered(
+    prefix_ids: list[int], suffix_ids: list[int], special_ids: tuple[int, int, int], spm: bool
+) -> list[int]:
+    """The prompt's ids in PSM or SPM order, ending at the middle token the answer follows."""
+    p, s, m = special_ids
     if spm:
         return [s, *suffix_ids, p, *prefix_ids, m]
     return [p, *prefix_ids, s, *suffix_ids, m]

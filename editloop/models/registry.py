@@ -38,7 +38,7 @@ import gguf
 from pydantic import BaseModel, ValidationError
 
 from editloop.errors import CorruptVersionError, ModelError, RegistryError, UnknownVersionError
-from editloop.models.fim import FimTemplate, detect_template
+from editloop.models.fim import SPM_GGUF_KEY, FimTemplate, detect_template
 
 KINDS = ("starter", "import", "export", "retrain")
 MANIFEST = "manifest.json"
@@ -242,8 +242,8 @@ class Registry:
     def import_gguf(self, gguf_path: Path, hf_dir: Path | None = None) -> ModelVersion:
         """Publish an existing GGUF (and optionally its HF weights) as a new version; not activated."""
         gguf_path = Path(gguf_path)
-        arch, quant, tokens = _read_gguf_header(gguf_path)
-        fim = detect_template(tokens, source=gguf_path.name)
+        arch, quant, tokens, spm = _read_gguf_header(gguf_path)
+        fim = detect_template(tokens, source=gguf_path.name, spm=spm)
         if hf_dir is not None and not (Path(hf_dir) / "config.json").is_file():
             raise ModelError(f"{hf_dir} is not a Hugging Face model directory (it has no config.json)")
         with self.stage() as staging:
@@ -434,8 +434,9 @@ def _fsync_dir(path: Path) -> None:
 # -- GGUF ------------------------------------------------------------------------------------
 
 
-def _read_gguf_header(path: Path) -> tuple[str | None, str, list[str]]:
-    """(architecture, quant name, token list) from a GGUF file's metadata."""
+def _read_gguf_header(path: Path) -> tuple[str | None, str, list[str], bool]:
+    """(architecture, quant name, token list, whether FIM prompts go suffix first) from a GGUF
+    file's metadata."""
     if not path.is_file():
         raise ModelError(f"{path} does not exist or is not a file")
     try:
@@ -444,9 +445,10 @@ def _read_gguf_header(path: Path) -> tuple[str | None, str, list[str]]:
         file_type = _gguf_int(reader, "general.file_type")
         tokens = _gguf_strings(reader, "tokenizer.ggml.tokens")
         quant = _ftype_name(file_type) if file_type is not None else _dominant_tensor_type(reader)
+        spm = bool(_gguf_int(reader, SPM_GGUF_KEY))
     except Exception as exc:
         raise ModelError(f"not a readable GGUF file: {path} ({exc})") from exc
-    return arch, quant, tokens
+    return arch, quant, tokens, spm
 
 
 def _gguf_string(reader: Any, key: str) -> str | None:

@@ -75,7 +75,7 @@ def _summary(version: ModelVersion, current: str | None) -> list[str]:
         created,
         m.parent or "",
         m.arch or "",
-        m.fim.family,
+        f"{m.fim.family} ({'SPM' if m.fim.spm else 'PSM'})",
         ", ".join(m.gguf),
     ]
 

@@ -12,7 +12,8 @@ capped, a short file) is topped up with further samples, each after an EOS, inst
 padding: on the stdlib 15 % of a small starter's pre-training positions were padding.
 
 ``LINE_COMPLETION`` with ``middle_only`` is the last phase of the starter's training: every
-sample is an editor's request (a line-aligned PSM prompt) and only the answer is learned.
+sample is an editor's request (a line-aligned prompt, in the order the model will be served:
+``spm_rate`` 0 or 1) and only the answer is learned.
 """
 
 from dataclasses import dataclass

@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,8 +27,9 @@ from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from editloop.models.corpus import SourceFile
+from editloop.models.fim import SPM_CONFIG_KEY
 from editloop.models.optim import StarterOptimizer
-from editloop.models.samples import LINE_COMPLETION, SampleBuilder
+from editloop.models.samples import LINE_COMPLETION, FimMix, SampleBuilder
 from editloop.models.tokenizer import save_hf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,16 @@ class StarterSize:
     muon_lr: float = 0.0  # peak for the hidden matrices under Muon; 0 trains everything with AdamW
     pack: bool = False  # top pre-training rows up with further samples instead of padding
     compile: bool = False  # torch.compile the training forward; it pays back only over a long run
+    fim_spm: bool = True  # served suffix first (SPM): every FIM sample it trains on is SPM
+
+    @property
+    def fim_mix(self) -> FimMix:
+        """Pre-training's mix: FIM samples all in the served order, or half and half (PSM serving)."""
+        return replace(FimMix(), spm_rate=1.0) if self.fim_spm else FimMix()
+
+    @property
+    def line_mix(self) -> FimMix:
+        return replace(LINE_COMPLETION, spm_rate=1.0 if self.fim_spm else 0.0)
 
     def llama_config(self, eos_id: int, pad_id: int) -> LlamaConfig:
         return LlamaConfig(
@@ -78,6 +89,7 @@ class StarterSize:
             bos_token_id=eos_id,
             eos_token_id=eos_id,
             pad_token_id=pad_id,
+            **{SPM_CONFIG_KEY: self.fim_spm},
         )
 
 
@@ -176,10 +188,10 @@ class StarterTrainer:
         self.size, self.tokenizer, self.work_dir, self.seed = size, tokenizer, work_dir, seed
         self.eos_id = tokenizer.token_to_id("<|endoftext|>")
         self.pad_id = tokenizer.token_to_id("<|fim_pad|>")
-        self.train_samples = SampleBuilder(train, tokenizer, size.seq_len, seed, pack=size.pack)
-        self.val_samples = SampleBuilder(heldout, tokenizer, size.seq_len, seed + 1)
+        self.train_samples = SampleBuilder(train, tokenizer, size.seq_len, seed, size.fim_mix, pack=size.pack)
+        self.val_samples = SampleBuilder(heldout, tokenizer, size.seq_len, seed + 1, size.fim_mix)
         self.line_samples = SampleBuilder(
-            train, tokenizer, size.seq_len, seed + 2, LINE_COMPLETION, middle_only=True
+            train, tokenizer, size.seq_len, seed + 2, size.line_mix, middle_only=True
         )
         torch.manual_seed(seed)
         self.model = LlamaForCausalLM(size.llama_config(self.eos_id, self.pad_id))

@@ -22,7 +22,7 @@ from editloop.completion.syntax import language_for_path
 from editloop.completion.types import Snippet
 from editloop.errors import ModelError, TrainingDataError
 from editloop.models.backend import Backend
-from editloop.models.fim import FimTemplate, detect_template
+from editloop.models.fim import SPM_CONFIG_KEY, FimTemplate, detect_template
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ class HfPromptTokenizer:
             config = json.loads((hf_dir / "config.json").read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the tokenizer of {hf_dir}: {exc}") from exc
-        fim = detect_template(tokenizer.get_vocab(), source=f"tokenizer in {hf_dir}")
+        spm = bool(config.get(SPM_CONFIG_KEY, False))
+        fim = detect_template(tokenizer.get_vocab(), source=f"tokenizer in {hf_dir}", spm=spm)
         n_ctx = int(config.get("max_position_embeddings") or 2048)
         return cls(tokenizer, fim, min(n_ctx, max_context) if max_context else n_ctx, hf_dir.name)
 
