@@ -6,9 +6,10 @@ hidden matrices with Muon and the rest with AdamW (``models/optim.py``); the oth
 Sizes that ask for it pack their pre-training rows and compile the training forward.
 
 Two phases. Pre-training learns code (plain and FIM sequences, loss on every token; FIM in
-the order the model is served, suffix first for ``fim_spm``) for ``steps``. Then ``line_steps`` of line completion, with fresh optimizer moments and a short
-schedule of its own, learn only the answers to editor-shaped requests: on the small model
-that phase (about 100 s) lifts held-out single-line edit similarity more than the last third
+the order the model is served, suffix first for ``fim_spm``) for ``steps``. Then
+``line_steps`` of line completion, with fresh optimizer moments and a short schedule of its
+own, learn only the answers to editor-shaped requests: on the small model that phase (about
+100 s) lifts held-out single-line edit similarity more than the last third
 of pre-training does.
 """
 
