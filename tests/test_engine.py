@@ -35,15 +35,16 @@ def test_prompt_fits_the_budget_and_keeps_the_cursor_side(manager) -> None:
         assert len(prompt.ids) <= backend.n_ctx - 32
         assert prompt.truncated
         fim = backend.fim
-        assert fim.spm  # the starter is prompted suffix first
-        assert prompt.ids[0] == backend.special_id(fim.suffix)
-        assert prompt.ids[-1] == backend.special_id(fim.middle)
-        # The prefix keeps its end: the tokens right before <|fim_middle|> spell the text at the cursor.
-        cut = len(prompt.ids) - 1
+        suffix_id, middle_id = backend.special_id(fim.suffix), backend.special_id(fim.middle)
+        assert prompt.ids[-1] == middle_id
+        # The prefix keeps its end: the tokens right before the cursor side's closing special token
+        # (<|fim_middle|> suffix first, <|fim_suffix|> prefix first) spell the text at the cursor.
+        cut = len(prompt.ids) - 1 if fim.spm else prompt.ids.index(suffix_id)
         assert prompt.ids[cut - len(backend.tokenize("y = ")) : cut] == backend.tokenize("y = ")
         # The suffix keeps its start, right after <|fim_suffix|>.
         head = backend.tokenize("\nprint(y)\n")
-        assert prompt.ids[1 : 1 + len(head)] == head
+        start = prompt.ids.index(suffix_id) + 1
+        assert prompt.ids[start : start + len(head)] == head
 
 
 def test_extra_context_uses_the_repo_layout(manager) -> None:
@@ -52,9 +53,9 @@ def test_extra_context_uses_the_repo_layout(manager) -> None:
         prompt = build_prompt(backend, "x = ", "\n", extra, "main.py", 16)
         sep = backend.special_id(backend.fim.file_sep)
         assert prompt.ids[0] == sep and prompt.ids.count(sep) == 2 and prompt.extra_tokens > 0
-        # The current file's FIM prompt follows the other files, suffix first as the model reads it.
-        after = prompt.ids[prompt.extra_tokens]
-        assert after == backend.special_id(backend.fim.suffix)
+        # The current file's FIM prompt follows the other files, in the order the model reads it.
+        first = backend.fim.suffix if backend.fim.spm else backend.fim.prefix
+        assert prompt.ids[prompt.extra_tokens] == backend.special_id(first)
 
 
 def test_candidates_are_reported_and_choices_ranked(manager) -> None:

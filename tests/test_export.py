@@ -26,12 +26,13 @@ def test_starter_export_parity_figures(tiny_version: ModelVersion) -> None:
     assert greedy["token_agreement"]["q8_0"] >= 0.9
 
 
-def test_the_starters_suffix_first_order_travels_with_its_gguf(
-    tiny_version: ModelVersion, tmp_path: Path
-) -> None:
-    assert tiny_version.manifest.fim.spm
-    imported = Registry(tmp_path / "models").import_gguf(tiny_version.gguf_path())
-    assert imported.manifest.fim == tiny_version.manifest.fim
+def test_a_suffix_first_model_says_so_in_its_gguf(tiny_hf_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = load_hf(tiny_hf_dir)
+    model.config.fim_spm = True  # what small's config.json says
+    exported, _ = export_verified(model, tokenizer, tmp_path, quants=("f16",))
+    assert exported.fim.spm
+    imported = Registry(tmp_path / "models").import_gguf(exported.files["f16"])
+    assert imported.manifest.fim == exported.fim
 
 
 def test_qwen2_architecture_exports_and_verifies(tiny_hf_dir: Path, tmp_path: Path) -> None:
