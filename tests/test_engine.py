@@ -24,38 +24,45 @@ def manager(tiny_registry):
     models.close()
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["psm", "spm"])
+def backend(request, tiny_version):
+    """tiny's real GGUF and tokenizer, prompted in either order (tiny itself is served PSM)."""
+    fim = tiny_version.manifest.fim.model_copy(update={"spm": request.param})
+    backend = LlamaBackend(tiny_version.gguf_path(), fim, tiny_version.name, max_candidates=1)
+    yield backend
+    backend.close()
+
+
 def engine(manager, **config) -> CompletionEngine:
     return CompletionEngine(manager, EngineConfig(**config), CompletionCache(100, 300))
 
 
-def test_prompt_fits_the_budget_and_keeps_the_cursor_side(manager) -> None:
-    with manager.lease() as backend:
-        long_prefix = "x = 1\n" * 2000
-        prompt = build_prompt(backend, long_prefix + "y = ", "\nprint(y)\n" * 500, [], "a.py", 32)
-        assert len(prompt.ids) <= backend.n_ctx - 32
-        assert prompt.truncated
-        fim = backend.fim
-        suffix_id, middle_id = backend.special_id(fim.suffix), backend.special_id(fim.middle)
-        assert prompt.ids[-1] == middle_id
-        # The prefix keeps its end: the tokens right before the cursor side's closing special token
-        # (<|fim_middle|> suffix first, <|fim_suffix|> prefix first) spell the text at the cursor.
-        cut = len(prompt.ids) - 1 if fim.spm else prompt.ids.index(suffix_id)
-        assert prompt.ids[cut - len(backend.tokenize("y = ")) : cut] == backend.tokenize("y = ")
-        # The suffix keeps its start, right after <|fim_suffix|>.
-        head = backend.tokenize("\nprint(y)\n")
-        start = prompt.ids.index(suffix_id) + 1
-        assert prompt.ids[start : start + len(head)] == head
+def test_prompt_fits_the_budget_and_keeps_the_cursor_side(backend) -> None:
+    long_prefix = "x = 1\n" * 2000
+    prompt = build_prompt(backend, long_prefix + "y = ", "\nprint(y)\n" * 500, [], "a.py", 32)
+    assert len(prompt.ids) <= backend.n_ctx - 32
+    assert prompt.truncated
+    fim = backend.fim
+    suffix_id, middle_id = backend.special_id(fim.suffix), backend.special_id(fim.middle)
+    assert prompt.ids[-1] == middle_id
+    # The prefix keeps its end: the tokens right before the cursor side's closing special token
+    # (<|fim_middle|> suffix first, <|fim_suffix|> prefix first) spell the text at the cursor.
+    cut = len(prompt.ids) - 1 if fim.spm else prompt.ids.index(suffix_id)
+    assert prompt.ids[cut - len(backend.tokenize("y = ")) : cut] == backend.tokenize("y = ")
+    # The suffix keeps its start, right after <|fim_suffix|>.
+    head = backend.tokenize("\nprint(y)\n")
+    start = prompt.ids.index(suffix_id) + 1
+    assert prompt.ids[start : start + len(head)] == head
 
 
-def test_extra_context_uses_the_repo_layout(manager) -> None:
-    with manager.lease() as backend:
-        extra = [Snippet(filepath="util.py", text="def helper():\n    return 42\n")]
-        prompt = build_prompt(backend, "x = ", "\n", extra, "main.py", 16)
-        sep = backend.special_id(backend.fim.file_sep)
-        assert prompt.ids[0] == sep and prompt.ids.count(sep) == 2 and prompt.extra_tokens > 0
-        # The current file's FIM prompt follows the other files, in the order the model reads it.
-        first = backend.fim.suffix if backend.fim.spm else backend.fim.prefix
-        assert prompt.ids[prompt.extra_tokens] == backend.special_id(first)
+def test_extra_context_uses_the_repo_layout(backend) -> None:
+    extra = [Snippet(filepath="util.py", text="def helper():\n    return 42\n")]
+    prompt = build_prompt(backend, "x = ", "\n", extra, "main.py", 16)
+    sep = backend.special_id(backend.fim.file_sep)
+    assert prompt.ids[0] == sep and prompt.ids.count(sep) == 2 and prompt.extra_tokens > 0
+    # The current file's FIM prompt follows the other files, in the order the model reads it.
+    first = backend.fim.suffix if backend.fim.spm else backend.fim.prefix
+    assert prompt.ids[prompt.extra_tokens] == backend.special_id(first)
 
 
 def test_candidates_are_reported_and_choices_ranked(manager) -> None:

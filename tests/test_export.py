@@ -14,6 +14,7 @@ from editloop.models.export import load_hf
 from editloop.models.publish import export_verified, publish_checkpoint
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings, load_settings
+from editloop.training.prompts import HfPromptTokenizer
 
 
 def test_starter_export_parity_figures(tiny_version: ModelVersion) -> None:
@@ -33,6 +34,10 @@ def test_a_suffix_first_model_says_so_in_its_gguf(tiny_hf_dir: Path, tmp_path: P
     assert exported.fim.spm
     imported = Registry(tmp_path / "models").import_gguf(exported.files["f16"])
     assert imported.manifest.fim == exported.fim
+    # Training rows read the order from config.json, so they are prompted as the server prompts.
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    assert HfPromptTokenizer.load(tmp_path / "hf").fim == exported.fim
 
 
 def test_qwen2_architecture_exports_and_verifies(tiny_hf_dir: Path, tmp_path: Path) -> None:

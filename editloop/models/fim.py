@@ -15,6 +15,7 @@ before the answer:
 """
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from pydantic import BaseModel
 
@@ -24,6 +25,8 @@ from editloop.errors import NoFimTokensError
 # metadata. FIM token names cannot tell, and a model prompted in the other order answers worse.
 SPM_CONFIG_KEY = "fim_spm"
 SPM_GGUF_KEY = "editloop.fim_spm"
+
+T = TypeVar("T")
 
 
 class FimTemplate(BaseModel, frozen=True):
@@ -40,9 +43,7 @@ class FimTemplate(BaseModel, frozen=True):
     spm: bool = False  # suffix-prefix-middle order, else prefix-suffix-middle
 
     def format(self, prefix: str, suffix: str) -> str:
-        if self.spm:
-            return f"{self.suffix}{suffix}{self.prefix}{prefix}{self.middle}"
-        return f"{self.prefix}{prefix}{self.suffix}{suffix}{self.middle}"
+        return "".join(ordered([prefix], [suffix], (self.prefix, self.suffix, self.middle), self.spm))
 
     def special_tokens(self) -> list[str]:
         extra = [t for t in (self.pad, self.file_sep, self.repo_name) if t]
@@ -129,10 +130,9 @@ def fim_token_ids(
     return ordered(prefix_ids, suffix_ids, special_ids, spm)
 
 
-def ordered(
-    prefix_ids: list[int], suffix_ids: list[int], special_ids: tuple[int, int, int], spm: bool
-) -> list[int]:
-    """The prompt's ids in PSM or SPM order, ending at the middle token the answer follows."""
+def ordered(prefix_ids: list[T], suffix_ids: list[T], special_ids: tuple[T, T, T], spm: bool) -> list[T]:
+    """The prompt's pieces (ids, or text) in PSM or SPM order, ending at the middle token the
+    answer follows; ``special_ids`` are the (prefix, suffix, middle) tokens."""
     p, s, m = special_ids
     if spm:
         return [s, *suffix_ids, p, *prefix_ids, m]

@@ -101,16 +101,19 @@ def verify_export(
     # model is served in: the order moves what the answer attends to, and q/k left in HF's rope
     # layout changed none of the tiny starter's greedy tokens on suffix-first prompts while
     # prefix-first ones caught it. Quantized files are judged on the prompts as served.
-    prompts = [
-        _prompt_ids(tokenizer, template, p, s, model.config.max_position_embeddings, spm)
-        for p, s in inputs.fim_prompts
+    served, flipped = (
+        [
+            _prompt_ids(tokenizer, template, p, s, model.config.max_position_embeddings, spm)
+            for p, s in inputs.fim_prompts
+        ]
         for spm in (template.spm, not template.spm)
-    ]
+    )
+    prompts = served + flipped
     continuations, decided = _hf_greedy(model, prompts)
     agreement = {
         quant: _agreement(path, prompts, continuations, decided, threads)
         if quant == "f16"
-        else _agreement(path, prompts[::2], continuations[::2], None, threads)
+        else _agreement(path, served, continuations[: len(served)], None, threads)
         for quant, path in files.items()
     }
     for quant, required in REQUIRED_AGREEMENT.items():

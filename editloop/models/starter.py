@@ -9,8 +9,7 @@ Two phases. Pre-training learns code (plain and FIM sequences, loss on every tok
 the order the model is served, suffix first for ``fim_spm``) for ``steps``. Then
 ``line_steps`` of line completion, with fresh optimizer moments and a short schedule of its
 own, learn only the answers to editor-shaped requests: on the small model that phase (about
-100 s) lifts held-out single-line edit similarity more than the last third
-of pre-training does.
+100 s) lifts held-out single-line edit similarity more than the last third of pre-training does.
 """
 
 import json
@@ -98,9 +97,9 @@ class StarterSize:
 # end-to-end tests depend on what it answers; after 200 steps the line phase mostly teaches it
 # to repeat itself. It stays prefix-first (PSM): pre-trained on SPM samples only, its 200 steps
 # left it answering some prompts with <|fim_middle|> over and over. small and base train their
-# hidden matrices with Muon: on small (then 192
-# wide, 1700 + 100 steps) held-out loss fell 3.89 -> 2.91 and held-out single-line edit
-# similarity rose 0.202 -> 0.233 against AdamW on the same data and schedule.
+# hidden matrices with Muon: on small (then 192 wide, 1700 + 100 steps) held-out loss fell
+# 3.89 -> 2.91 and held-out single-line edit similarity rose 0.202 -> 0.233 against AdamW on the
+# same data and schedule.
 # Within small's 20 minutes steps beat width: at 128 wide a step costs about 0.6 of one at 192,
 # packed rows carry 17 % more tokens and compiling saves about 10 %, so 2600 + 150 steps see
 # 10.7M tokens where 1700 + 100 saw 6.0M. The model then copies from its context (a held-out
