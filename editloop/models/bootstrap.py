@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def bootstrap(settings: Settings, options: BootstrapOptions, console: Console | 
     result = _train(trainer, options.minutes, console)
     console.print(
         f"trained {result.steps} steps + {result.line_steps} line-completion steps, {result.tokens} tokens, "
-        f"{result.tokens_per_s:.0f} tokens/s, "
+        f"{result.tokens_per_s:.0f} tokens/s ({'bf16' if trainer.bf16 else 'fp32: this CPU has no bf16'}), "
         f"train loss {result.train_loss:.3f}, held-out loss {result.val_loss:.3f}"
     )
     registry = Registry(settings.models_dir)
@@ -152,13 +153,22 @@ def _train(trainer: StarterTrainer, minutes: float | None, console: Console) -> 
             f"training {trainer.size.name}", total=trainer.all_steps, loss=float("nan"), tps=0.0
         )
 
+        started, first_step = time.monotonic(), trainer.step
+
         def on_step(step: int, total: int, loss: float, tps: float) -> None:
             progress.update(bar, completed=step, total=total or None, loss=loss, tps=tps)
             if not console.is_terminal and total and step % max(1, total // 20) == 0:
-                # Logs and CI have no live bar: leave a line every 5% instead.
-                console.print(f"step {step}/{total} loss {loss:.3f} {tps:.0f} tok/s")
+                # Logs and CI have no live bar: leave a line every 5% instead, with the ETA the bar
+                # would show (the same recipe runs 4x longer on some 2-core CPUs than on others).
+                per_step = (time.monotonic() - started) / max(1, step - first_step)
+                eta = _minutes(per_step * (total - step))
+                console.print(f"step {step}/{total} loss {loss:.3f} {tps:.0f} tok/s, {eta} left")
 
         return trainer.run(minutes, on_step)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _training_data(corpus: Corpus, options: BootstrapOptions, size: StarterSize, result: TrainResult) -> dict:
