@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,21 +152,20 @@ def _train(trainer: StarterTrainer, minutes: float | None, console: Console) -> 
             f"training {trainer.size.name}", total=trainer.all_steps, loss=float("nan"), tps=0.0
         )
 
-        started, first_step = time.monotonic(), trainer.step
-
         def on_step(step: int, total: int, loss: float, tps: float) -> None:
             progress.update(bar, completed=step, total=total or None, loss=loss, tps=tps)
             if not console.is_terminal and total and step % max(1, total // 20) == 0:
-                # Logs and CI have no live bar: leave a line every 5% instead, with the ETA the bar
-                # would show (the same recipe runs 4x longer on some 2-core CPUs than on others).
-                per_step = (time.monotonic() - started) / max(1, step - first_step)
-                eta = _minutes(per_step * (total - step))
-                console.print(f"step {step}/{total} loss {loss:.3f} {tps:.0f} tok/s, {eta} left")
+                # Logs and CI have no live bar: leave a line every 5% instead, with the bar's own
+                # time remaining (the same recipe runs 4x longer on some 2-core CPUs than on others).
+                left = _time_left(next(t.time_remaining for t in progress.tasks if t.id == bar))
+                console.print(f"step {step}/{total} loss {loss:.3f} {tps:.0f} tok/s, {left} left")
 
         return trainer.run(minutes, on_step)
 
 
-def _minutes(seconds: float) -> str:
+def _time_left(seconds: float | None) -> str:
+    if seconds is None:
+        return "? s"
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
