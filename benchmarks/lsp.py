@@ -25,9 +25,9 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 from serving import cursor_positions, percentiles
 
-from editloop.models.bootstrap import BootstrapOptions, bootstrap
 from editloop.models.registry import Registry
 from editloop.settings import Settings, load_settings
+from editloop.starter.bootstrap import BootstrapOptions, bootstrap
 
 CAPABILITIES = types.ClientCapabilities(
     text_document=types.TextDocumentClientCapabilities(

@@ -25,11 +25,11 @@ import numpy as np
 from llama_cpp import Llama
 
 from editloop.completion.prompt import build_prompt
-from editloop.models.bootstrap import BootstrapOptions, bootstrap
 from editloop.models.llama import LlamaBackend
 from editloop.models.registry import ModelVersion, Registry
 from editloop.server.background import background_server, free_port
 from editloop.settings import Settings, load_settings
+from editloop.starter.bootstrap import BootstrapOptions, bootstrap
 
 TOKEN = "bench-token"
 

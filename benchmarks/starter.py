@@ -23,11 +23,11 @@ from llama_cpp import Llama
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
-from editloop.models.bootstrap import BootstrapOptions, bootstrap
-from editloop.models.corpus import Corpus, load_corpus
+from editloop.corpus import Corpus, load_corpus
 from editloop.models.registry import ModelVersion, Registry
-from editloop.models.starter import SIZES, StarterTrainer
 from editloop.settings import load_settings
+from editloop.starter.bootstrap import BootstrapOptions, bootstrap
+from editloop.starter.trainer import SIZES, StarterTrainer
 
 STEPS = 4
 COMPILE_STEPS = 20

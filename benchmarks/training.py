@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from editloop.models.corpus import read_files
+from editloop.corpus import read_files
 from editloop.models.registry import Registry
 from editloop.settings import load_settings
 from editloop.training.coldstart import extract_samples

@@ -10,14 +10,16 @@ from typing import Annotated
 
 import typer
 
+from editloop.demo import demo_command
 from editloop.errors import EditloopError
 from editloop.eval.cli import app as eval_app
-from editloop.eval.demo import demo_command
+from editloop.eval.cli import eval_lines
 from editloop.eval.replay_cli import replay_command
 from editloop.feedback.cli import app as feedback_app
-from editloop.models.cli import bootstrap_model, eval_lines, export_model
+from editloop.models.cli import export_model
 from editloop.models.registry_cli import app as models_app
 from editloop.settings import Settings, load_settings
+from editloop.starter.cli import bootstrap_model
 from editloop.training.cli import train
 from editloop.training.ops_cli import retrain, status, trainer
 
@@ -63,8 +65,8 @@ def run(
     port: Annotated[int | None, typer.Option(help="port")] = None,
 ) -> None:
     """Build the starter model if no model is active, then serve it."""
-    from editloop.models.bootstrap import ensure_starter_model
     from editloop.server.main import serve as run_server
+    from editloop.starter.bootstrap import ensure_starter_model
 
     settings = _serve_settings(host, port)
     version = ensure_starter_model(settings)

@@ -79,7 +79,17 @@ class Settings(BaseSettings):
     )
 
     # Completion
-    abstain_threshold: float = Field(default=0.05, ge=0, le=1, description="Abstain below this best score.")
+    abstain_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Abstain below this best score; unset: the threshold the version's cycle calibrated "
+        "(0.05 for a version without one).",
+    )
+    ranker: Literal["auto", "value", "logprob"] = Field(
+        default="auto",
+        description="How candidates are ranked: auto uses the version's value model when it has one.",
+    )
     default_max_tokens: int = Field(
         default=64, ge=1, le=1024, description="Decode budget when a client sets none."
     )

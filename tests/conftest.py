@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from editloop.models.bootstrap import BootstrapOptions, bootstrap
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings, load_settings
+from editloop.starter.bootstrap import BootstrapOptions, bootstrap
 from tests.redis_fixtures import redis_proc, redis_url  # noqa: F401  (a real redis-server per test)
 
 

@@ -13,9 +13,9 @@ import torch
 from llama_cpp import Llama
 from tokenizers import Tokenizer
 
-from editloop.models.corpus import load_corpus
+from editloop.corpus import load_corpus
 from editloop.models.registry import ModelVersion, Registry
-from editloop.models.starter import LINE_WARMUP_STEPS, SIZES, WARMUP_STEPS, StarterTrainer
+from editloop.starter.trainer import LINE_WARMUP_STEPS, SIZES, WARMUP_STEPS, StarterTrainer
 
 TINY = SIZES["tiny"]
 LINE_STEPS = 20  # tiny pre-trains only by default; these tests give it the line-completion phase
@@ -34,9 +34,10 @@ def test_tiny_bootstrap_publishes_an_active_verified_version(
     assert train["steps"] == TINY.steps and train["line_steps"] == TINY.line_steps and train["tokens"] > 0
     # Learned something: held-out loss well below the uniform guess over the vocabulary.
     assert train["val_loss"] < math.log(TINY.vocab_size) - 0.5
-    lines = manifest.metrics["heldout_lines"]
-    assert lines["tasks"] == TINY.eval_lines
-    assert lines["empty"]["exact_match"] == 0.0
+    heldout = manifest.metrics["heldout_fim"]  # through the serving engine, as `eval fim` scores it
+    assert heldout["tasks"] == {"single-line": TINY.eval_tasks, "multi-line": TINY.eval_tasks}
+    assert heldout["empty"]["single-line"]["exact_match"] == 0.0
+    assert 0.0 < heldout["repeat_previous_line"]["single-line"]["edit_similarity"] < 1.0
     assert f"--steps {TINY.steps}" in manifest.training_data["reproduce"]
 
 

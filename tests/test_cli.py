@@ -64,6 +64,7 @@ def test_eval_lines_reports_model_and_baselines(tiny_settings, tiny_version) -> 
     assert result.returncode == 0, result.stderr
     import json
 
-    report = json.loads(result.stdout)
-    assert report["version"] == tiny_version.name and report["tasks"] == 20
+    report = json.loads(result.stdout)  # the alias of `eval fim --kinds single-line`
+    assert report["version"] == tiny_version.name and report["tasks"] == {"single-line": 20}
     assert set(report) >= {"model", "repeat_previous_line", "empty"}
+    assert set(report["model"]) == {"single-line"}

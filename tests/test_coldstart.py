@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from editloop.models.corpus import SourceFile, read_files
+from editloop.corpus import SourceFile, read_files
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings, load_settings
 from editloop.training.coldstart import (

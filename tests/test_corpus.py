@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from editloop.corpus import heldout_bucket, load_corpus
 from editloop.errors import CorpusError
-from editloop.models.corpus import heldout_bucket, load_corpus
 
 CODE = "def f(x):\n    return x + 1\n\n\n" * 20
 

@@ -226,8 +226,7 @@ def test_operators_retrain_through_the_trainer_beside_serve(replayed_home, tmp_p
 
 
 def test_rehearsal_rows_come_from_the_starter_training_files_only() -> None:
-    from editloop.models.bootstrap import DEFAULT_EXCLUDE
-    from editloop.models.corpus import load_corpus
+    from editloop.corpus import DEFAULT_EXCLUDE, load_corpus
     from editloop.training.cycle import general_rows
 
     rows = general_rows(40, seed=0)

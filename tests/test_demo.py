@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from editloop.eval.demo import DemoOptions, plot, run_demo, table
+from editloop.demo import DemoOptions, plot, run_demo, table
 from editloop.settings import load_settings
 from tests.server_fixtures import copy_home
 

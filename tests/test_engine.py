@@ -8,6 +8,7 @@ import pytest
 from editloop.completion.cache import CompletionCache
 from editloop.completion.engine import CompletionEngine, EngineConfig
 from editloop.completion.prompt import build_prompt
+from editloop.completion.served import load_served
 from editloop.completion.types import CompletionRequest, Snippet
 from editloop.models.llama import LlamaBackend
 from editloop.models.manager import ModelManager
@@ -18,7 +19,9 @@ SUFFIX = "\n    return data\n"
 
 @pytest.fixture(scope="module")
 def manager(tiny_registry):
-    models = ModelManager(tiny_registry, lambda v: LlamaBackend.from_version(v, max_candidates=8))
+    models = ModelManager(
+        tiny_registry, lambda v: load_served(v, LlamaBackend.from_version(v, max_candidates=8))
+    )
     assert models.reload()
     yield models
     models.close()

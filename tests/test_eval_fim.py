@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from editloop.corpus import load_corpus
 from editloop.eval.engine import engine_for
 from editloop.eval.fim import FimReport, evaluate_fim, fim_task_mix, fim_tasks
-from editloop.models.corpus import load_corpus
 from editloop.models.llama import LlamaBackend
 
 

@@ -19,7 +19,7 @@ from editloop.eval.humaneval import (
     run_task,
 )
 from editloop.models.llama import LlamaBackend
-from editloop.training.sandbox import Limits, open_sandbox
+from editloop.sandbox import Limits, open_sandbox
 from tests.server_fixtures import auth, client, copy_home, running_server
 
 SIZES = {"single-line": 1033, "multi-line": 5815, "random-span-light": 164}

@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from editloop.completion.served import load_served, validate_served
 from editloop.models.fim import QWEN
 from editloop.models.llama import LlamaBackend
 from editloop.models.manager import ModelManager
@@ -17,7 +18,9 @@ def registry(tiny_settings, tiny_version, tmp_path) -> Registry:
 
 
 def _manager(registry: Registry) -> ModelManager:
-    return ModelManager(registry, lambda v: LlamaBackend.from_version(v, max_candidates=4))
+    return ModelManager(
+        registry, lambda v: load_served(v, LlamaBackend.from_version(v, max_candidates=4)), validate_served
+    )
 
 
 def _republish(registry: Registry, name: str = "v1") -> str:
@@ -49,11 +52,11 @@ def test_old_model_serves_leased_requests_until_they_end(registry) -> None:
         assert models.reload()
         assert models.version == v2
         assert old.version == "v1"
-        assert old.tokenize("x = 1")  # still usable: not closed under the lease
+        assert old.backend.tokenize("x = 1")  # still usable: not closed under the lease
         with models.lease() as new:
             assert new.version == v2
     with pytest.raises(Exception, match="closed"):
-        old.tokenize("x")  # closed once its last lease ended
+        old.backend.tokenize("x")  # closed once its last lease ended
     models.close()
 
 

@@ -3,8 +3,8 @@
 import torch
 from transformers import LlamaForCausalLM
 
-from editloop.models.optim import StarterOptimizer
-from editloop.models.starter import SIZES
+from editloop.starter.optim import StarterOptimizer
+from editloop.starter.trainer import SIZES
 
 TINY = SIZES["tiny"]
 

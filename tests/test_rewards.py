@@ -5,7 +5,8 @@ import pickle
 
 import pytest
 
-from editloop.models.value import ValueInput, ValueRow, train_value_model
+from editloop.completion.value import ValueInput
+from editloop.sandbox import ExecutionResult
 from editloop.training.rewards import (
     CombinedReward,
     ExecutionReward,
@@ -20,7 +21,7 @@ from editloop.training.rewards import (
     line_match,
 )
 from editloop.training.rewards.execution import ToolTerms
-from editloop.training.sandbox import ExecutionResult
+from editloop.training.value import ValueRow, train_value_model
 
 # Keywords TRL adds to every reward call; rewards must take and ignore them.
 TRL_EXTRAS = {"trainer_state": None, "log_extra": lambda *a, **k: None}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from editloop.models.corpus import load_corpus
-from editloop.models.samples import IGNORE, LINE_COMPLETION, SampleBuilder
+from editloop.corpus import load_corpus
+from editloop.starter.samples import IGNORE, LINE_COMPLETION, SampleBuilder
 
 SEQ_LEN = 128
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from editloop.errors import SandboxError, SandboxUnavailableError
-from editloop.training.sandbox import BwrapSandbox, ExecutionResult, Limits, open_sandbox
+from editloop.sandbox import BwrapSandbox, ExecutionResult, Limits, open_sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -42,7 +42,7 @@ class UnprivilegedSandbox:
         }
         driver = (
             "import json, sys; sys.path.insert(0, sys.argv[1]);"
-            "from editloop.training.sandbox import Limits, open_sandbox;"
+            "from editloop.sandbox import Limits, open_sandbox;"
             "r = json.loads(sys.stdin.read()); s = open_sandbox();"
             "assert s.mode == 'user', s.mode;"
             "res = s.run(r['command'], files=r['files'], stdin=r['stdin'], toolchains=r['toolchains'],"
@@ -356,7 +356,7 @@ def test_refuses_where_user_namespaces_are_disabled() -> None:
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "from editloop.errors import SandboxUnavailableError\n"
-        "from editloop.training.sandbox import open_sandbox\n"
+        "from editloop.sandbox import open_sandbox\n"
         "try:\n"
         "    open_sandbox()\n"
         "    print('RAN')\n"
@@ -373,7 +373,7 @@ def test_refuses_where_user_namespaces_are_disabled() -> None:
 
 
 def test_unsafe_runner_is_explicit_logged_and_still_limited(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="editloop.training.sandbox"):
+    with caplog.at_level("WARNING", logger="editloop.sandbox"):
         runner = open_sandbox(unsafe_no_sandbox=True)
     assert "WITHOUT a sandbox" in caplog.text
     done = runner.run(["python3", "main.py"], files={"main.py": "import os; print(os.getcwd() != '/')"})

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from editloop.completion.prompt import build_prompt
+from editloop.corpus import read_files
 from editloop.errors import TrainingDataError
-from editloop.models.corpus import read_files
 from editloop.models.export import load_hf
 from editloop.models.llama import LlamaBackend
 from editloop.models.registry import ModelVersion

@@ -6,16 +6,9 @@ import random
 import pytest
 
 from editloop.completion.ranker import RankContext, RankInput
+from editloop.completion.value import ValueInput, ValueModel, ValueRanker
 from editloop.errors import ModelError
-from editloop.models.value import (
-    ValueInput,
-    ValueModel,
-    ValueRanker,
-    ValueRow,
-    auc,
-    evaluate,
-    train_value_model,
-)
+from editloop.training.value import ValueRow, auc, evaluate, train_value_model
 
 
 def test_auc_matches_hand_computed_values() -> None:

@@ -1,18 +1,21 @@
-"""Build the engine from the settings: one recipe for the HTTP server and the in-process LSP.
+"""Build the engine from the settings: one recipe for the HTTP server, the in-process LSP and evals.
 
->>> models = ModelManager(Registry(settings.models_dir), backend_factory(settings))  # doctest: +SKIP
+>>> models = build_models(settings)  # doctest: +SKIP
 >>> engine = build_engine(settings, models)  # doctest: +SKIP
 """
 
+from collections.abc import Callable
+
 from editloop.completion.cache import CompletionCache
 from editloop.completion.engine import CompletionEngine, EngineConfig
+from editloop.completion.served import ServedModel, load_served, validate_served
 from editloop.models.backend import Backend
-from editloop.models.manager import BackendFactory, ModelManager
+from editloop.models.manager import ModelManager
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings
 
 
-def backend_factory(settings: Settings) -> BackendFactory:
+def backend_factory(settings: Settings) -> Callable[[ModelVersion], Backend]:
     """How a registry version becomes a running backend, per the settings."""
 
     def load(version: ModelVersion) -> Backend:
@@ -49,15 +52,29 @@ def _context_length(version: ModelVersion) -> int:
     return int(field.parts[field.data[0]][0])
 
 
-def build_models(settings: Settings) -> ModelManager:
+def served_factory(settings: Settings) -> Callable[[ModelVersion], ServedModel]:
+    """How a registry version becomes what serves: its backend with its rankers and thresholds."""
+    load_backend = backend_factory(settings)
+
+    def load(version: ModelVersion) -> ServedModel:
+        backend = load_backend(version)
+        try:
+            return load_served(version, backend, settings.ranker, settings.abstain_threshold)
+        except BaseException:
+            backend.close()
+            raise
+
+    return load
+
+
+def build_models(settings: Settings) -> ModelManager[ServedModel]:
     """The hot-swap owner over the settings' registry (not started: call ``start(poll_s)``)."""
-    return ModelManager(Registry(settings.models_dir), backend_factory(settings))
+    return ModelManager(Registry(settings.models_dir), served_factory(settings), validate_served)
 
 
-def build_engine(settings: Settings, models: ModelManager) -> CompletionEngine:
+def build_engine(settings: Settings, models: ModelManager[ServedModel]) -> CompletionEngine:
     cache = CompletionCache(settings.cache_entries, settings.cache_ttl_s) if settings.cache_entries else None
     config = EngineConfig(
-        abstain_threshold=settings.abstain_threshold,
         default_max_tokens=settings.default_max_tokens,
         max_candidates=settings.max_candidates,
     )

@@ -10,41 +10,50 @@ import math
 import threading
 import time
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
 from editloop.completion.cache import CompletionCache
 from editloop.completion.postprocess import dedupe, drop_reason, resolve_mode, truncate
 from editloop.completion.prompt import build_prompt
-from editloop.completion.ranker import LogprobRanker, RankContext, Ranker, RankInput, should_abstain
+from editloop.completion.ranker import RankContext, Ranker, RankInput, should_abstain
+from editloop.completion.served import ServedModel
 from editloop.completion.syntax import SyntaxChecker, language_for_path
 from editloop.completion.types import CandidateReport, Choice, CompletionRequest, CompletionResult
 from editloop.models.backend import Generation, GenerationParams
-from editloop.models.manager import ModelManager
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    abstain_threshold: float = 0.05
+    # None: each version's own (calibrated) threshold; a number overrides it (evals use 0: they
+    # score what the model would say, never an abstention).
+    abstain_threshold: float | None = None
     default_max_tokens: int = 64
     max_candidates: int = 8
     block_max_tokens: int = 128
 
 
+class ServedSource(Protocol):
+    """Where the engine leases the model it completes with (the hot-swap manager, or one model)."""
+
+    def lease(self) -> AbstractContextManager[ServedModel]: ...
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    name: str
+    ranker: Ranker
+    threshold: float
+
+
 class CompletionEngine:
     def __init__(
-        self,
-        models: ModelManager,
-        config: EngineConfig,
-        cache: CompletionCache | None = None,
-        ranker: Ranker | None = None,
-        rankers=None,
+        self, models: ServedSource, config: EngineConfig, cache: CompletionCache | None = None
     ) -> None:
-        """``rankers(version)`` picks the ranker per served version (its value model); else ``ranker``."""
         self.models = models
         self.config = config
         self.cache = cache
-        self.ranker = ranker or LogprobRanker()
-        self.rankers = rankers
         self.syntax = SyntaxChecker()
         self._documents: dict[str, threading.Event] = {}
         self._documents_lock = threading.Lock()
@@ -56,23 +65,31 @@ class CompletionEngine:
         mode = resolve_mode(request.mode, request.prefix, request.suffix, language)
         cancel = self._supersede(request.document_id, cancel or threading.Event())
         try:
-            with self.models.lease() as backend:
-                cached = self._from_cache(backend.version, language, mode, request, started)
+            with self.models.lease() as served:
+                ranking = self._ranking(served, request)
+                cached = self._from_cache(served.version, ranking, language, mode, request, started)
                 if cached is not None:
                     return cached
-                return self._generate(backend, request, language, mode, cancel, started)
+                return self._generate(served, ranking, request, language, mode, cancel, started)
         finally:
             self._release(request.document_id, cancel)
 
+    def _ranking(self, served: ServedModel, request: CompletionRequest) -> _Ranking:
+        name, ranker, threshold = served.pick(request.ranker)
+        override = self.config.abstain_threshold
+        return _Ranking(name, ranker, threshold if override is None else override)
+
     def _generate(
         self,
-        backend,
+        served: ServedModel,
+        ranking: _Ranking,
         request: CompletionRequest,
         language: str,
         mode: str,
         cancel: threading.Event,
         started: float,
     ) -> CompletionResult:
+        backend = served.backend
         max_tokens = request.max_tokens or (
             self.config.default_max_tokens if mode == "line" else self.config.block_max_tokens
         )
@@ -92,15 +109,14 @@ class CompletionEngine:
         )
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()
-        ranker = self.rankers(backend.version) if self.rankers else self.ranker
-        reports = self._rank(ranker, generated.generations, request, language, mode)
+        reports = self._rank(ranking.ranker, generated.generations, request, language, mode)
         choices = _choices(reports, request.n)
-        abstained = should_abstain(choices[0].score if choices else None, self.config.abstain_threshold)
+        abstained = should_abstain(choices[0].score if choices else None, ranking.threshold)
         if self.cache is not None and choices and not cancel.is_set():
             # Keyed by the requested mode: typing into a block suggestion turns "auto" into a
             # line, and the type-ahead lookup must still find the block it came from.
             self.cache.put(
-                backend.version,
+                _cache_version(backend.version, ranking.name),
                 language,
                 request.mode,
                 request.prefix,
@@ -110,6 +126,7 @@ class CompletionEngine:
         return CompletionResult(
             id=_new_id(),
             model_version=backend.version,
+            ranker=ranking.name,
             choices=[] if abstained else choices,
             abstained=abstained,
             mode=mode,
@@ -157,18 +174,26 @@ class CompletionEngine:
         ]
 
     def _from_cache(
-        self, version: str, language: str, mode: str, request: CompletionRequest, started: float
+        self,
+        version: str,
+        ranking: _Ranking,
+        language: str,
+        mode: str,
+        request: CompletionRequest,
+        started: float,
     ) -> CompletionResult | None:
         if self.cache is None:
             return None
-        hit = self.cache.get(version, language, request.mode, request.prefix, request.suffix)
+        key = _cache_version(version, ranking.name)
+        hit = self.cache.get(key, language, request.mode, request.prefix, request.suffix)
         if hit is None or not hit.choices:
             return None
         choices = [Choice(index=i, text=t, score=s) for i, (t, s) in enumerate(hit.choices[: request.n])]
-        abstained = should_abstain(choices[0].score, self.config.abstain_threshold)
+        abstained = should_abstain(choices[0].score, ranking.threshold)
         return CompletionResult(
             id=_new_id(),
             model_version=version,
+            ranker=ranking.name,
             choices=[] if abstained else choices,
             abstained=abstained,
             mode=mode,
@@ -193,6 +218,11 @@ class CompletionEngine:
         with self._documents_lock:
             if self._documents.get(document_id) is cancel:
                 del self._documents[document_id]
+
+
+def _cache_version(version: str, ranker: str) -> str:
+    # Scores are the ranker's: a cached ranking is reused only under the same version and ranker.
+    return f"{version}/{ranker}"
 
 
 def _choices(reports: list[CandidateReport], n: int) -> list[Choice]:

@@ -36,6 +36,8 @@ class RankInput:
 
 
 class Ranker(Protocol):
+    name: str  # "logprob", "value": named in responses, events and metrics
+
     def score(self, context: RankContext, candidates: list[RankInput]) -> list[float]:
         """One score in [0, 1] per candidate, in their order."""
         ...
@@ -43,6 +45,8 @@ class Ranker(Protocol):
 
 class LogprobRanker:
     """The geometric-mean token probability, scaled down for candidates that break the parse."""
+
+    name = "logprob"
 
     def __init__(self, parse_invalid_penalty: float = 0.5) -> None:
         if not 0.0 <= parse_invalid_penalty <= 1.0:

@@ -52,6 +52,10 @@ class CompletionRequest(BaseModel):
         description="Feedback stream of this completion (default: the server's default project).",
     )
     user: str | None = Field(default=None, max_length=128, description="Who asked, for feedback events.")
+    ranker: Literal["auto", "value", "logprob"] | None = Field(
+        default=None,
+        description="Rank by the version's value model or by log-prob (default: the server's choice).",
+    )
 
     @field_validator("prefix", "suffix")
     @classmethod
@@ -80,6 +84,7 @@ class CandidateReport(BaseModel):
 class CompletionResult(BaseModel):
     id: str
     model_version: str
+    ranker: str = Field(default="logprob", description="What ranked the candidates: value or logprob.")
     choices: list[Choice]
     abstained: bool
     mode: Literal["line", "block"]

@@ -13,14 +13,13 @@ from rich.table import Table
 
 from editloop.completion.types import Mode
 from editloop.errors import BackendError, BadRequestError
-from editloop.models.cli import eval_lines
+from editloop.eval.fim import KINDS
 from editloop.settings import load_settings
 
 app = typer.Typer(
     help="Measure a model: HumanEval infilling pass@1, held-out FIM, held-out lines.",
     no_args_is_help=True,
 )
-app.command("lines")(eval_lines)
 
 DATA_HELP = (
     "single-line, multi-line, random-span-light (bundled HumanEval infilling sets) or a .jsonl(.gz) path"
@@ -62,7 +61,7 @@ def humaneval_infill(
 ) -> None:
     """pass@1, exact match and edit similarity on HumanEval infilling, tests run in the sandbox."""
     from editloop.eval.humaneval import humaneval_pass_at_1, load_tasks
-    from editloop.training.sandbox import open_sandbox
+    from editloop.sandbox import open_sandbox
 
     _at_least_one("--limit", limit)
     _at_least_one("--workers", workers)
@@ -129,19 +128,28 @@ def fim(
         list[str] | None,
         typer.Option(help="held-out split of this corpus (default: the version's own training corpus)"),
     ] = None,
-    tasks: Annotated[int, typer.Option(help="tasks of each kind (single-line, multi-line)")] = 200,
+    tasks: Annotated[int, typer.Option(help="tasks of each kind")] = 200,
+    kinds: Annotated[
+        str, typer.Option(help="comma-separated: single-line, multi-line")
+    ] = "single-line,multi-line",
     seed: Annotated[int, typer.Option(help="same seed, same tasks: compare versions on it")] = 0,
+    quant: Annotated[
+        str | None, typer.Option(help="GGUF quantization to run (default: the served one)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Single- and multi-line FIM on held-out code: the model against "empty" and "repeat previous line"."""
+    """Held-out FIM through the serving engine: the model against "empty" and "repeat previous line"."""
     from editloop.eval.engine import open_engine
-    from editloop.eval.fim import evaluate_fim, fim_tasks
+    from editloop.eval.fim import evaluate_fim, fim_tasks, heldout_files
     from editloop.models.registry import Registry
 
     _at_least_one("--tasks", tasks)
+    chosen_kinds = _kinds(kinds)
     settings = load_settings()
+    if quant is not None:
+        settings = settings.model_copy(update={"model_quant": quant})
     model = Registry(settings.models_dir).verify(version)
-    chosen = fim_tasks(heldout_files(model.manifest.training_data, corpus), tasks, seed)
+    chosen = fim_tasks(heldout_files(model.manifest.training_data, corpus), tasks, seed, chosen_kinds)
     if not chosen:
         raise BadRequestError("no held-out lines to make tasks from; pass a larger --corpus")
     with open_engine(settings, model.name) as engine, _progress() as bar:
@@ -158,16 +166,23 @@ def fim(
     Console().print(table)
 
 
-def heldout_files(training_data: dict, corpus: list[str] | None):
-    """The held-out split of ``corpus`` or of the version's own corpus.
+def _kinds(text: str) -> tuple:
+    chosen = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in chosen if k not in KINDS]
+    if unknown or not chosen:
+        raise BadRequestError(f"--kinds takes {', '.join(KINDS)}; got {text!r}")
+    return chosen
 
-    The split hashes each path, so no held-out file was trained on whatever the training run's size
-    cap; leaving the cap out here gives every version the same files to be scored on.
-    """
-    from editloop.models.corpus import load_corpus
 
-    return load_corpus(
-        corpus or training_data.get("sources", ["stdlib"]),
-        set(training_data.get("languages", ["python"])),
-        exclude=tuple(training_data.get("exclude", ())),
-    ).heldout
+def eval_lines(
+    version: Annotated[str, typer.Argument(help="version name or 'current'")] = "current",
+    tasks: Annotated[int, typer.Option(help="number of held-out lines")] = 300,
+    corpus: Annotated[list[str] | None, typer.Option(help="corpus the version was trained on")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    quant: Annotated[str | None, typer.Option(help="GGUF quantization to run")] = None,
+) -> None:
+    """`eval fim --kinds single-line --json` (an alias kept for scripts)."""
+    fim(version, corpus, tasks, "single-line", seed, quant, as_json=True)
+
+
+app.command("lines", hidden=True)(eval_lines)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from rapidfuzz.distance import Levenshtein
 
 from editloop.completion.engine import CompletionEngine
 from editloop.completion.types import CompletionRequest
+from editloop.corpus import SourceFile, load_corpus
 from editloop.eval.engine import top_text
-from editloop.models.corpus import SourceFile
+from editloop.metrics import edit_similarity, exact_match
 
 Kind = Literal["single-line", "multi-line"]
 KINDS: tuple[Kind, ...] = ("single-line", "multi-line")
@@ -41,6 +41,19 @@ class FimTask:
     suffix: str
     target: str
     previous_line: str
+
+
+def heldout_files(training_data: dict, corpus: list[str] | None = None) -> list[SourceFile]:
+    """The held-out split of ``corpus``, else of the corpus a version was trained on.
+
+    The split hashes each path, so no held-out file was trained on whatever the training run's size
+    cap; leaving the cap out here gives every version the same files to be scored on.
+    """
+    return load_corpus(
+        corpus or training_data.get("sources", ["stdlib"]),
+        set(training_data.get("languages", ["python"])),
+        exclude=tuple(training_data.get("exclude", ())),
+    ).heldout
 
 
 def fim_tasks(
@@ -90,11 +103,6 @@ def _task(file: SourceFile, index: int, kind: Kind, span: int) -> FimTask:
     )
 
 
-def normalize(text: str) -> str:
-    """Trailing whitespace of each line and trailing blank lines do not count."""
-    return "\n".join(line.rstrip() for line in text.rstrip().split("\n"))
-
-
 @dataclass
 class FimReport:
     seed: int | None
@@ -106,11 +114,10 @@ class FimReport:
         for source, texts in self.predictions.items():
             self.scores[source] = {
                 "exact_match": [
-                    float(normalize(p) == normalize(t.target)) for p, t in zip(texts, self.tasks, strict=True)
+                    float(exact_match(p, t.target)) for p, t in zip(texts, self.tasks, strict=True)
                 ],
                 "edit_similarity": [
-                    Levenshtein.normalized_similarity(normalize(p), normalize(t.target))
-                    for p, t in zip(texts, self.tasks, strict=True)
+                    edit_similarity(p, t.target) for p, t in zip(texts, self.tasks, strict=True)
                 ],
             }
 

@@ -2,7 +2,7 @@
 
 A task hides a span of a HumanEval solution; the model fills it from the text before and
 after, and the task passes when ``prompt + completion + suffix + test + check(entry_point)``
-runs cleanly in :mod:`editloop.training.sandbox`. Completions come through the serving
+runs cleanly in :mod:`editloop.sandbox`. Completions come through the serving
 engine (the same prompt building, truncation and filtering a user gets) or a running server's
 ``/complete``; ``oracle`` scores the canonical spans and must pass every task, which proves the
 harness runs the tests. Exact match and edit similarity to the canonical span come alongside.
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
-from rapidfuzz.distance import Levenshtein
 
 from editloop.completion.engine import CompletionEngine
 from editloop.completion.types import CompletionRequest, Mode
 from editloop.errors import BackendError, BadRequestError
 from editloop.eval.engine import top_text
-from editloop.training.sandbox import ExecutionResult, Limits, Sandbox
+from editloop.metrics import edit_similarity, exact_match
+from editloop.sandbox import ExecutionResult, Limits, Sandbox
 
 SETS = {
     "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
@@ -261,10 +261,8 @@ def run_task(task: InfillTask, completion: str, sandbox: Sandbox, limits: Limits
         task_id=task.task_id,
         completion=completion,
         passed=run.ok,
-        exact_match=completion.rstrip() == task.canonical_solution.rstrip(),
-        edit_similarity=Levenshtein.normalized_similarity(
-            completion.rstrip(), task.canonical_solution.rstrip()
-        ),
+        exact_match=exact_match(completion, task.canonical_solution),
+        edit_similarity=edit_similarity(completion, task.canonical_solution),
         timed_out=run.timed_out,
         sandbox_error=run.sandbox_error,
         error="" if run.ok else _why(run),

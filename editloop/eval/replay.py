@@ -16,9 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from rapidfuzz.distance import Levenshtein
-
 from editloop.eval.replay_tasks import TypingTask
+from editloop.metrics import edit_similarity
 
 
 @dataclass(frozen=True)
@@ -207,7 +206,8 @@ def span_of(text: str, start: int, lines: int) -> str:
 
 
 def similarity(a: str, b: str) -> float:
-    return round(Levenshtein.normalized_similarity(a, b), 4)
+    """:func:`editloop.metrics.edit_similarity`, rounded for the event."""
+    return round(edit_similarity(a, b), 4)
 
 
 def _line_start(text: str, i: int) -> bool:

@@ -46,6 +46,7 @@ def completion_event(
         language=request.language,
         filepath=request.filepath,
         model_version=result.model_version,
+        ranker=result.ranker,
         mode=result.mode,
         candidates=candidates[:MAX_CANDIDATES],
         abstained=result.abstained,

@@ -80,6 +80,7 @@ class CompletionEvent(EventBase):
     prefix_hash: str | None = Field(default=None, max_length=64, description="Keyed hash (code-free).")
     suffix_hash: str | None = Field(default=None, max_length=64, description="Keyed hash (code-free).")
     model_version: str = Field(default="unknown", max_length=128)
+    ranker: str | None = Field(default=None, max_length=32, description="What ranked the candidates.")
     mode: Literal["line", "block"] | None = None
     candidates: list[Candidate] = Field(default=[], max_length=32)
     abstained: bool = False

@@ -33,8 +33,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rapidfuzz.distance import Levenshtein
-
 from editloop.feedback.events import (
     TEXT_LIMIT,
     AcceptedEvent,
@@ -45,6 +43,7 @@ from editloop.feedback.events import (
     ShownEvent,
 )
 from editloop.lsp.document import Document, TextEdit
+from editloop.metrics import edit_similarity
 
 Phase = Literal["pending", "accepted", "diverged"]
 Reason = Literal["dismissed", "superseded"]
@@ -77,8 +76,8 @@ def follow(start: int, end: int, edit: TextEdit, grow_at_end: bool) -> tuple[int
 
 
 def similarity(a: str, b: str) -> float:
-    """Normalized Levenshtein similarity in [0, 1], the measure eval/ uses for lines."""
-    return round(Levenshtein.normalized_similarity(a, b), 6)
+    """:func:`editloop.metrics.edit_similarity`, rounded for the event."""
+    return round(edit_similarity(a, b), 6)
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """The one owner of the served model: load, validate, hot-swap, and keep the old one until idle.
 
-A request takes a *lease* on the current backend; a swap replaces the pointer under a lock,
-so new requests get the new model at once while leased ones finish on the old model, which is
-closed when its last lease ends. A version that fails to load or validate never serves: the
-old model keeps serving and the failure is reported by :meth:`ModelManager.status`.
+What is served is whatever the factory loads from a registry version — for the completion engine,
+a backend with its ranker and abstain threshold (:class:`editloop.completion.served.ServedModel`),
+so they are loaded, leased and swapped as one unit. A request takes a *lease* on the current one; a
+swap replaces the pointer under a lock, so new requests get the new model at once while leased ones
+finish on the old model, which is closed when its last lease ends. A version that fails to load or
+validate never serves: the old model keeps serving and the failure is reported by
+:meth:`ModelManager.status`. How a model is validated is injected (the completion layer knows what a
+working model must do; this one does not).
 """
 
 import logging
@@ -12,36 +16,51 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from editloop.errors import EditloopError, ModelError
-from editloop.models.backend import Backend, GenerationParams
 from editloop.models.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[ModelVersion], Backend]
-Validator = Callable[[Backend], None]
+
+class Loaded(Protocol):
+    """A loaded version: what a slot holds and closes."""
+
+    @property
+    def version(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+L = TypeVar("L", bound=Loaded)
 
 
 @dataclass
-class _Slot:
-    backend: Backend
+class _Slot(Generic[L]):
+    backend: L
     leases: int = 0
     retired: bool = False
 
 
-class ModelManager:
-    """Serves the registry's ``current`` version and follows it as it changes."""
+class ModelManager(Generic[L]):
+    """Serves the registry's ``current`` version and follows it as it changes.
+
+    ``factory`` loads a version; ``validate`` (optional) must pass before it serves.
+    """
 
     def __init__(
-        self, registry: Registry, factory: BackendFactory, validate: Validator | None = None
+        self,
+        registry: Registry,
+        factory: Callable[[ModelVersion], L],
+        validate: Callable[[L], None] | None = None,
     ) -> None:
         self.registry = registry
         self.factory = factory
-        self.validate = validate or validate_backend
+        self.validate = validate
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
-        self._slot: _Slot | None = None
+        self._slot: _Slot[L] | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.last_error: str | None = None
@@ -55,7 +74,7 @@ class ModelManager:
         return slot.backend.version if slot else None
 
     @contextmanager
-    def lease(self) -> Iterator[Backend]:
+    def lease(self) -> Iterator[L]:
         with self._lock:
             slot = self._slot
             if slot is None:
@@ -87,18 +106,19 @@ class ModelManager:
             self._swap(backend)
             return True
 
-    def _load(self, version: ModelVersion) -> Backend:
+    def _load(self, version: ModelVersion) -> L:
         started = time.monotonic()
         backend = self.factory(version)
         try:
-            self.validate(backend)
+            if self.validate is not None:
+                self.validate(backend)
         except EditloopError:
             backend.close()
             raise
         log.info("loaded %s in %.1fs", version.name, time.monotonic() - started)
         return backend
 
-    def _swap(self, backend: Backend) -> None:
+    def _swap(self, backend: L) -> None:
         with self._lock:
             old, self._slot = self._slot, _Slot(backend)
             if old is not None:
@@ -144,41 +164,3 @@ class ModelManager:
             "swaps": self.swaps,
             "failed_swaps": self.failed_swaps,
         }
-
-
-GOLDEN_PROMPTS = (
-    ("def add(a, b):\n    return ", "\n"),
-    ("import os\n\n\ndef main():\n    path = ", "\n    print(path)\n"),
-    ("for i in range(10):\n    ", "\n"),
-    ("class Config:\n    def __init__(self, name):\n        self.name = ", "\n"),
-    ("x = ", "\n"),
-)
-GOLDEN_SAMPLES = 8
-GOLDEN_TOKENS = 16
-
-
-def validate_backend(backend: Backend) -> None:
-    """Before it serves, a model must complete golden FIM prompts with text that parses.
-
-    It catches broken artifacts — a mismatched tokenizer, scrambled or zeroed weights, lost
-    FIM tokens — whose output is empty or byte soup. The bar is one non-empty, parse-valid
-    candidate among all samples, because a very small model (the test-size starter) is
-    mostly wrong yet still a working model; the gate on held-out data judges quality.
-    """
-    from editloop.completion.prompt import build_prompt
-    from editloop.completion.syntax import SyntaxChecker
-
-    checker = SyntaxChecker()
-    tried = 0
-    for prefix, suffix in GOLDEN_PROMPTS:
-        # The serving prompt builder: it also refuses a model whose FIM tokens are missing.
-        ids = build_prompt(backend, prefix, suffix, [], None, GOLDEN_TOKENS).ids
-        params = GenerationParams(n=GOLDEN_SAMPLES, max_tokens=GOLDEN_TOKENS, temperature=1.0, stop=("\n",))
-        for generation in backend.generate(ids, params).generations:
-            tried += 1
-            if generation.text.strip() and checker.check("python", prefix, generation.text, suffix):
-                return
-    raise ModelError(
-        f"model {backend.version} failed validation: none of {tried} completions of "
-        f"{len(GOLDEN_PROMPTS)} golden prompts was non-empty and parse-valid"
-    )

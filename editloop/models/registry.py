@@ -65,6 +65,9 @@ class Manifest(BaseModel):
     training_data: dict = {}
     metrics: dict = {}
     checks: dict = {}
+    # Per ranker ("value", "logprob"): show a completion only when its score reaches this; chosen
+    # on held-out feedback by the cycle that made the version (absent: the server's default).
+    abstain_thresholds: dict[str, float] = {}
     files: dict[str, str]
 
 
@@ -133,6 +136,7 @@ class Registry:
         training_data: dict | None = None,
         metrics: dict | None = None,
         checks: dict | None = None,
+        abstain_thresholds: dict[str, float] | None = None,
     ) -> ModelVersion:
         """Hash and fsync the staged files, then move them into ``versions/`` as the next version.
 
@@ -152,6 +156,7 @@ class Registry:
             training_data=training_data or {},
             metrics=metrics or {},
             checks=checks or {},
+            abstain_thresholds=abstain_thresholds or {},
             files=_hash_and_sync_tree(staging),
         )
         with self._locked():

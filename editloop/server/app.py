@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from editloop import __version__
+from editloop.completion.served import ServedModel
 from editloop.feedback import control
 from editloop.models.manager import ModelManager
 from editloop.server import errors
@@ -50,7 +51,7 @@ def _hear_new_models(services: Services) -> threading.Event:
     return stop
 
 
-def create_app(settings: Settings, models: ModelManager | None = None) -> FastAPI:
+def create_app(settings: Settings, models: ModelManager[ServedModel] | None = None) -> FastAPI:
     """The server; ``models`` lets a caller (tests, the LSP in-process mode) bring its own manager."""
 
     @asynccontextmanager

@@ -36,6 +36,12 @@ class Metrics:
             ["endpoint"],
             registry=self.registry,
         )
+        self.completions = Counter(
+            "editloop_completions_total",
+            "Completions served, by the ranker that ordered them (value or logprob)",
+            ["ranker"],
+            registry=self.registry,
+        )
         self.cache_hits = Counter(
             "editloop_cache_hits_total", "Completions served from the cache", registry=self.registry
         )
@@ -48,6 +54,7 @@ class Metrics:
 
     def observe(self, endpoint: str, result: CompletionResult, seconds: float) -> None:
         self.latency.labels(endpoint).observe(seconds)
+        self.completions.labels(result.ranker).inc()
         if result.abstained:
             self.abstentions.labels(endpoint).inc()
         if result.cached:

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from editloop.completion.builder import build_engine, build_models
 from editloop.completion.engine import CompletionEngine
+from editloop.completion.served import ServedModel
 from editloop.completion.types import CompletionRequest, CompletionResult
 from editloop.errors import OverloadedError
 from editloop.models.manager import ModelManager
@@ -46,7 +47,7 @@ class Limiter:
 class Services:
     settings: Settings
     registry: Registry
-    models: ModelManager
+    models: ModelManager[ServedModel]
     engine: CompletionEngine
     metrics: Metrics
     limiter: Limiter
@@ -77,7 +78,7 @@ class Services:
         return result
 
 
-def build_services(settings: Settings, models: ModelManager | None = None) -> Services:
+def build_services(settings: Settings, models: ModelManager[ServedModel] | None = None) -> Services:
     models = models or build_models(settings)
     return Services(
         settings,

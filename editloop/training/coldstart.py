@@ -1,7 +1,7 @@
 """Cold start: fine-tune the current model on a team's own code before any feedback exists.
 
 FIM samples come from the syntax tree of every tracked source file (a git repository's tracked
-files, or a directory; read by :mod:`editloop.models.corpus`): function bodies, statements,
+files, or a directory; read by :mod:`editloop.corpus`): function bodies, statements,
 right-hand sides and return values, and call arguments — the spans an editor asks to complete.
 Files are split into train and held-out by a hash of their path; SFT trains a LoRA adapter on
 the train samples and the held-out completion loss is measured before and after. With
@@ -24,8 +24,8 @@ from rich.console import Console
 from tree_sitter import Node, Parser
 
 from editloop.completion.syntax import load_grammar
+from editloop.corpus import SourceFile, heldout_bucket, read_files
 from editloop.errors import ModelError, TrainingDataError
-from editloop.models.corpus import SourceFile, heldout_bucket, read_files
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings
 from editloop.training.prompts import FimExample

@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Protocol
 
+from editloop.completion.served import DEFAULT_ABSTAIN_THRESHOLD
+from editloop.completion.value import ValueModel
 from editloop.errors import EditloopError, ModelError
 from editloop.models.registry import ModelVersion, Registry
-from editloop.models.value import ValueModel, evaluate, train_value_model
 from editloop.settings import Settings
 from editloop.training.dataset import Dataset, DatasetConfig, FeedbackArchive, Sample, build_dataset
 from editloop.training.gate import GateConfig, GateReport
+from editloop.training.value import evaluate, train_value_model
 
 log = logging.getLogger(__name__)
 
@@ -286,12 +288,15 @@ class Cycle:
         return self._finish("published", f"published {version.name}{forced}")
 
     def _gate(self, current: ModelVersion, gguf: Path, fim, heldout: list[Sample], value) -> GateReport:
+        from editloop.completion.served import assemble, load_served
         from editloop.models.llama import LlamaBackend
         from editloop.training.gate import run_gate
 
         threads = self.settings.model_threads or None
-        old = LlamaBackend.from_version(current, n_threads=threads)
-        new = LlamaBackend(gguf, fim, "candidate", n_threads=threads)
+        # Both as the server would serve them: the current version with its own value model, the
+        # candidate with the one this cycle trained.
+        old = load_served(current, LlamaBackend.from_version(current, n_threads=threads))
+        new = assemble(LlamaBackend(gguf, fim, "candidate", n_threads=threads), value, {})
         try:
             return run_gate(
                 old,
@@ -299,7 +304,7 @@ class Cycle:
                 heldout,
                 self.config.gate,
                 value=value,
-                abstain_threshold=self.settings.abstain_threshold,
+                abstain_threshold=self.settings.abstain_threshold or DEFAULT_ABSTAIN_THRESHOLD,
                 general=self._general_checks(),
             )
         finally:
@@ -326,9 +331,8 @@ def general_rows(count: int, seed: int) -> list[dict]:
     """
     if count <= 0:
         return []
+    from editloop.corpus import DEFAULT_EXCLUDE, load_corpus
     from editloop.eval.fim import fim_task_mix
-    from editloop.models.bootstrap import DEFAULT_EXCLUDE
-    from editloop.models.corpus import load_corpus
 
     files = load_corpus(["stdlib"], {"python"}, exclude=DEFAULT_EXCLUDE).train
     multi = count // 3

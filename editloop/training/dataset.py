@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from editloop.completion.value import ValueInput
 from editloop.feedback.events import (
     AcceptedEvent,
     CompletionEvent,
@@ -32,7 +33,7 @@ from editloop.feedback.events import (
     RetainedEvent,
     event_from_json,
 )
-from editloop.models.value import ValueInput, ValueRow
+from editloop.training.value import ValueRow
 
 
 @dataclass(frozen=True)

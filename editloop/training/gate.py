@@ -16,13 +16,12 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from rapidfuzz.distance import Levenshtein
-
 from editloop.completion.engine import CompletionEngine
+from editloop.completion.served import ServedModel
 from editloop.completion.types import CompletionRequest
+from editloop.completion.value import ValueInput, ValueModel
 from editloop.eval.engine import engine_for
-from editloop.models.backend import Backend
-from editloop.models.value import ValueInput, ValueModel
+from editloop.metrics import edit_similarity, exact_match
 from editloop.training.dataset import Sample
 
 # A general-code check: engine → per-item scores in [0, 1] for each metric it measures.
@@ -61,8 +60,8 @@ def feedback_scores(
         result = engine.complete(request)
         top = result.choices[0] if result.choices else None
         text = top.text if top else ""
-        scores["exact_match"].append(float(text.strip() == sample.reference.strip()))
-        scores["edit_similarity"].append(Levenshtein.normalized_similarity(text, sample.reference))
+        scores["exact_match"].append(float(exact_match(text, sample.reference)))
+        scores["edit_similarity"].append(edit_similarity(text, sample.reference))
         scores["abstain"].append(float(top is None or (top.score or 0.0) < abstain_threshold))
         if value is not None:
             report = next((c for c in result.candidates if c.text == text and c.dropped is None), None)
@@ -120,8 +119,8 @@ def _compare(current: dict[str, list[float]], candidate: dict[str, list[float]],
 
 
 def run_gate(
-    current: Backend,
-    candidate: Backend,
+    current: ServedModel,
+    candidate: ServedModel,
     heldout: list[Sample],
     config: GateConfig,
     *,

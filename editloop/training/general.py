@@ -15,17 +15,16 @@ GeneralCheck = Callable[[CompletionEngine], dict[str, list[float]]]
 def general_checks(fim_tasks: int, humaneval_tasks: int, seed: int) -> list[GeneralCheck]:
     checks: list[GeneralCheck] = []
     if fim_tasks:
+        from editloop.corpus import DEFAULT_EXCLUDE, load_corpus
         from editloop.eval.fim import evaluate_fim
         from editloop.eval.fim import fim_tasks as make_tasks
-        from editloop.models.bootstrap import DEFAULT_EXCLUDE
-        from editloop.models.corpus import load_corpus
 
         corpus = load_corpus(["stdlib"], {"python"}, exclude=DEFAULT_EXCLUDE)
         tasks = make_tasks(corpus.heldout, fim_tasks, seed=seed)
         checks.append(lambda engine: evaluate_fim(engine, tasks, seed).item_scores())
     if humaneval_tasks:
         from editloop.eval.humaneval import humaneval_pass_at_1, load_tasks
-        from editloop.training.sandbox import open_sandbox
+        from editloop.sandbox import open_sandbox
 
         problems = load_tasks("single-line", limit=humaneval_tasks)
         sandbox = open_sandbox()

@@ -22,9 +22,9 @@ from types import MappingProxyType
 from typing import Any
 
 from editloop.errors import SandboxUnavailableError
+from editloop.sandbox import Sandbox, open_sandbox
 from editloop.training.rewards.columns import column, completion_texts, languages
 from editloop.training.rewards.toolchains import CheckResult, SourceUnit, toolchain_for
-from editloop.training.sandbox import Sandbox, open_sandbox
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Rewards for matching the text the user kept: exact, edit similarity, and whole lines.
 
-Texts are compared after normalising line ends and trailing whitespace, which no user notices.
+Texts are compared by :mod:`editloop.metrics`, the measures the gate and the evals use too.
 A row without a kept text (``reference`` None) gets None: there is nothing to match.
 
 >>> edit_similarity(completions=["a + b"], reference=["a + c"])
@@ -14,34 +14,8 @@ A row without a kept text (``reference`` None) gets None: there is nothing to ma
 from collections.abc import Callable
 from typing import Any
 
-from rapidfuzz.distance import Levenshtein
-
+from editloop import metrics
 from editloop.training.rewards.columns import column, completion_texts
-
-
-def normalize(text: str) -> str:
-    """CRLF → LF, no trailing spaces on lines, no trailing blank lines."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    return "\n".join(line.rstrip() for line in lines).rstrip("\n")
-
-
-def similarity(candidate: str, reference: str) -> float:
-    """Normalised Levenshtein similarity in [0, 1]; two empty texts are identical."""
-    return float(Levenshtein.normalized_similarity(normalize(candidate), normalize(reference)))
-
-
-def lines_matched(candidate: str, reference: str) -> float:
-    """Leading lines equal to the kept text's, over the longer of the two line counts.
-
-    What a user keeps line by line: a right first line then a wrong one is worth half of two.
-    """
-    got, want = normalize(candidate).split("\n"), normalize(reference).split("\n")
-    same = 0
-    for a, b in zip(got, want, strict=False):
-        if a != b:
-            break
-        same += 1
-    return same / max(len(got), len(want))
 
 
 def _against_kept(
@@ -60,7 +34,7 @@ def exact_match(
     **kwargs: Any,
 ) -> list[float | None]:
     """1.0 when the completion is the kept text, else 0.0."""
-    return _against_kept(completions, kwargs, lambda c, r: float(normalize(c) == normalize(r)))
+    return _against_kept(completions, kwargs, lambda c, r: float(metrics.exact_match(c, r)))
 
 
 def edit_similarity(
@@ -70,7 +44,7 @@ def edit_similarity(
     **kwargs: Any,
 ) -> list[float | None]:
     """Normalised edit similarity to the kept text, in [0, 1]."""
-    return _against_kept(completions, kwargs, similarity)
+    return _against_kept(completions, kwargs, metrics.edit_similarity)
 
 
 def line_match(
@@ -79,5 +53,5 @@ def line_match(
     completion_ids: list[list[int]] | None = None,
     **kwargs: Any,
 ) -> list[float | None]:
-    """The share of lines, from the first, that equal the kept text's (see :func:`lines_matched`)."""
-    return _against_kept(completions, kwargs, lines_matched)
+    """The share of lines, from the first, that equal the kept text's (:func:`metrics.line_match`)."""
+    return _against_kept(completions, kwargs, metrics.line_match)

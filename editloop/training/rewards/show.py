@@ -17,8 +17,8 @@ A row without a kept text (``reference`` None) gets None.
 
 from typing import Any
 
+from editloop.metrics import edit_similarity
 from editloop.training.rewards.columns import column, completion_texts
-from editloop.training.rewards.match import similarity
 from editloop.training.rewards.value import AcceptancePredictor
 
 ACCEPTED, REJECTED, ABSTAINED = 0.75, -0.25, 0.0
@@ -63,7 +63,7 @@ class ShowAbstain:
             return None
         if not self.shown(completion, prefix, suffix):
             return ABSTAINED
-        return ACCEPTED if similarity(completion, reference) >= self.accept_similarity else REJECTED
+        return ACCEPTED if edit_similarity(completion, reference) >= self.accept_similarity else REJECTED
 
     def shown(self, completion: str, prefix: str, suffix: str) -> bool:
         if not completion.strip():

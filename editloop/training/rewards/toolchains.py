@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Protocol
 
+from editloop.sandbox import GIB, ExecutionResult, Limits, Sandbox
 from editloop.training.rewards.syntax import python_compiles
-from editloop.training.sandbox import GIB, ExecutionResult, Limits, Sandbox
 
 # Compilers are slower than test snippets and rustc maps far more address space than it uses.
 COMPILE_LIMITS = Limits(wall_s=60.0, cpu_s=60, memory_bytes=8 * GIB, disk_bytes=512 * (1 << 20))

@@ -2,7 +2,7 @@
 text can say (a completion far from the reference may still be a good one).
 
 Any object with ``predict(prefix, suffix, candidate) -> float`` serves; :class:`ValueModelPredictor`
-adapts editloop's own value model (:mod:`editloop.models.value`), which also reads token
+adapts editloop's own value model (:mod:`editloop.completion.value`), which also reads token
 log-probabilities — GRPO's reward functions do not see those, so it scores without them.
 An empty completion shows nothing and gets None.
 
@@ -13,7 +13,7 @@ An empty completion shows nothing and gets None.
 
 from typing import Any, Protocol
 
-from editloop.models.value import ValueInput, ValueModel
+from editloop.completion.value import ValueInput, ValueModel
 from editloop.training.rewards.columns import column, completion_texts
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from editloop.models.corpus import SourceFile
+from editloop.corpus import SourceFile
 from editloop.models.fim import QWEN, FimTemplate, fim_token_ids
 
 IGNORE = -100

@@ -6,7 +6,10 @@ small enough to retrain every cycle on a few hundred rows, cheap enough to score
 candidate on the request path, and it is judged against what it replaces: the log-probability
 score alone (held-out AUC for both is reported every cycle).
 
->>> model = train_value_model(rows)  # doctest: +SKIP
+Training it is the trainer's business (:mod:`editloop.training.value`); serving loads it from a
+version's directory and ranks with :class:`ValueRanker`.
+
+>>> model = ValueModel.load(version.path)  # doctest: +SKIP
 >>> model.predict(ValueInput("x = ", "\\n", "1", [-0.1], True))  # doctest: +SKIP
 0.42
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from editloop.completion.ranker import RankContext, RankInput, mean_token_probability
+from editloop.completion.ranker import RankContext, RankInput
 from editloop.errors import ModelError
 
 FILENAME = "value_model.json"
@@ -47,22 +50,6 @@ class ValueInput:
     logprobs: list[float] | None = None  # unknown (e.g. from an old event): estimated from ``score``
     parse_valid: bool | None = None
     score: float | None = None  # the log-prob ranker's score, when logprobs are unknown
-
-
-@dataclass(frozen=True)
-class ValueRow:
-    """A training row: a shown candidate and whether the developer took and kept it."""
-
-    input: ValueInput
-    accepted: bool
-    retained: float | None = None  # similarity at the last retention horizon, if reported
-    file: str = ""
-    timestamp: float = 0.0
-
-    @property
-    def label(self) -> int:
-        kept = self.retained is None or self.retained >= 0.5
-        return int(self.accepted and kept)
 
 
 def features(value: ValueInput) -> list[float]:
@@ -105,7 +92,7 @@ class ValueModel:
         if not inputs:
             return []
         x = (np.array([features(v) for v in inputs]) - self.mean) / self.scale
-        return [float(p) for p in _sigmoid(x @ np.array(self.weights) + self.bias)]
+        return [float(p) for p in sigmoid(x @ np.array(self.weights) + self.bias)]
 
     def predict(self, value: ValueInput) -> float:
         return self.predict_many([value])[0]
@@ -135,6 +122,8 @@ class ValueModel:
 class ValueRanker:
     """The engine's :class:`~editloop.completion.ranker.Ranker`, scoring by the value model."""
 
+    name = "value"
+
     def __init__(self, model: ValueModel) -> None:
         self.model = model
 
@@ -147,87 +136,5 @@ class ValueRanker:
         )
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-
-
-def train_value_model(rows: list[ValueRow], l2: float = 1.0, steps: int = 500) -> ValueModel:
-    """Fit by Newton steps on the L2-regularised log loss (a few hundred rows: milliseconds)."""
-    if len({r.label for r in rows}) < 2:
-        raise ModelError("the value model needs both accepted and rejected candidates to learn from")
-    x = np.array([features(r.input) for r in rows])
-    y = np.array([r.label for r in rows], dtype=float)
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-9] = 1.0
-    z = np.hstack([(x - mean) / scale, np.ones((len(rows), 1))])
-    w = np.zeros(z.shape[1])
-    penalty = np.eye(z.shape[1]) * l2
-    penalty[-1, -1] = 0.0  # the bias is not shrunk
-    for _ in range(steps):
-        p = _sigmoid(z @ w)
-        gradient = z.T @ (p - y) + penalty @ w
-        hessian = (z * (p * (1 - p))[:, None]).T @ z + penalty
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return ValueModel(list(map(float, w[:-1])), float(w[-1]), list(map(float, mean)), list(map(float, scale)))
-
-
-def auc(scores: list[float], labels: list[int]) -> float | None:
-    """Area under the ROC curve (ties count half); None when one class is missing."""
-    positives = [s for s, y in zip(scores, labels, strict=True) if y]
-    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not positives or not negatives:
-        return None
-    ranks = _average_ranks(np.array(positives + negatives))
-    rank_sum = ranks[: len(positives)].sum()
-    n_pos, n_neg = len(positives), len(negatives)
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = values.argsort(kind="mergesort")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def evaluate(model: ValueModel, rows: list[ValueRow]) -> dict:
-    """Held-out AUC of the value model next to the log-probability score it replaces."""
-    labels = [r.label for r in rows]
-    baseline = [
-        mean_token_probability(r.input.logprobs) if r.input.logprobs else (r.input.score or 0.0) for r in rows
-    ]
-    return {
-        "rows": len(rows),
-        "positives": sum(labels),
-        "auc": _round(auc(model.predict_many([r.input for r in rows]), labels)),
-        "baseline_auc": _round(auc(baseline, labels)),
-    }
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-class VersionRankers:
-    """The ranker for each served version: its value model when it has one, else ``fallback``."""
-
-    def __init__(self, versions_dir: Path, fallback) -> None:
-        self.versions_dir = Path(versions_dir)
-        self.fallback = fallback
-        self._loaded: dict[str, object] = {}
-
-    def __call__(self, version: str):
-        if version not in self._loaded:
-            model = ValueModel.load(self.versions_dir / version) if version else None
-            self._loaded = {version: ValueRanker(model) if model else self.fallback}  # one version at a time
-        return self._loaded[version]

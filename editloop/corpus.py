@@ -17,6 +17,9 @@ from pathlib import Path
 
 from editloop.errors import CorpusError
 
+# One stdlib package stays out of the starter's training so a demo can replay code the model never saw.
+DEFAULT_EXCLUDE = ("stdlib/email/*",)
+
 LANGUAGES = {".py": "python", ".java": "java", ".rs": "rust"}
 # Skipped directory names: build output, vendored environments and caches are not "our" code.
 SKIP_DIRS = {

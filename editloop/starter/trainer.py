@@ -2,7 +2,7 @@
 
 A plain PyTorch loop (warmup then cosine) rather than a Trainer: the run must be resumable
 to the bit, time-budgeted, and cheap on two CPU cores. Sizes with a ``muon_lr`` train their
-hidden matrices with Muon and the rest with AdamW (``models/optim.py``); the others use AdamW.
+hidden matrices with Muon and the rest with AdamW (``starter/optim.py``); the others use AdamW.
 Sizes that ask for it pack their pre-training rows and compile the training forward.
 
 Two phases. Pre-training learns code (plain and FIM sequences, loss on every token; FIM in
@@ -26,11 +26,11 @@ import torch
 from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from editloop.models.corpus import SourceFile
+from editloop.corpus import SourceFile
 from editloop.models.fim import SPM_CONFIG_KEY
-from editloop.models.optim import StarterOptimizer
-from editloop.models.samples import LINE_COMPLETION, FimMix, SampleBuilder
-from editloop.models.tokenizer import save_hf_tokenizer
+from editloop.starter.optim import StarterOptimizer
+from editloop.starter.samples import LINE_COMPLETION, FimMix, SampleBuilder
+from editloop.starter.tokenizer import save_hf_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class StarterSize:
     steps: int | None  # a fixed step count, or None to use ``minutes``
     minutes: float
     max_corpus_bytes: int | None
-    eval_lines: int
+    eval_tasks: int  # held-out FIM tasks of each kind scored after the build
     line_steps: int = 0  # the line-completion phase after pre-training
     line_batch: int = 16
     line_lr: float = 1e-3
@@ -141,7 +141,7 @@ SIZES = {
         steps=2600,
         minutes=14.0,
         max_corpus_bytes=None,
-        eval_lines=300,
+        eval_tasks=300,
         line_steps=150,
         muon_lr=0.02,
         pack=True,
@@ -162,7 +162,7 @@ SIZES = {
         steps=None,
         minutes=120.0,
         max_corpus_bytes=None,
-        eval_lines=500,
+        eval_tasks=500,
         line_steps=300,
         muon_lr=0.02,
         pack=True,

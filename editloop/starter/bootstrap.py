@@ -16,19 +16,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 
-from editloop.eval.lines import evaluate_lines, line_tasks
-from editloop.models.corpus import Corpus, load_corpus
+from editloop.corpus import DEFAULT_EXCLUDE, Corpus, load_corpus
+from editloop.eval.engine import engine_for
+from editloop.eval.fim import evaluate_fim, fim_tasks, heldout_files
 from editloop.models.export import load_hf
 from editloop.models.publish import DEFAULT_QUANTS, export_verified
 from editloop.models.registry import ModelVersion, Registry
-from editloop.models.starter import SIZES, StarterSize, StarterTrainer, TrainResult
-from editloop.models.tokenizer import train_tokenizer
 from editloop.settings import Settings
+from editloop.starter.tokenizer import train_tokenizer
+from editloop.starter.trainer import SIZES, StarterSize, StarterTrainer, TrainResult
 
 log = logging.getLogger(__name__)
-
-# One stdlib package stays out of pre-training so a demo can replay code the model never saw.
-DEFAULT_EXCLUDE = ("stdlib/email/*",)
 
 
 @dataclass(frozen=True)
@@ -76,10 +74,10 @@ def bootstrap(settings: Settings, options: BootstrapOptions, console: Console | 
         model, hf_tokenizer = load_hf(staging / "hf")
         exported, checks = export_verified(model, hf_tokenizer, staging, options.quants, threads)
         console.print(f"export verified: {json.dumps(checks)}")
-        tasks = line_tasks(corpus.heldout, options.eval_tasks or size.eval_lines, seed=options.seed)
+        training_data = _training_data(corpus, options, size, result)
         quant = "q8_0" if "q8_0" in exported.files else next(iter(exported.files))
-        lines = evaluate_lines(exported.files[quant], exported.fim, tasks, threads) | {"quant": quant}
-        console.print(f"held-out single-line FIM: {json.dumps(lines)}")
+        heldout = _evaluate(exported.files[quant], exported.fim, training_data, options, size, threads)
+        console.print(f"held-out FIM ({quant}): {json.dumps(heldout)}")
         version = registry.publish(
             staging,
             kind="starter",
@@ -88,14 +86,27 @@ def bootstrap(settings: Settings, options: BootstrapOptions, console: Console | 
             gguf={q: p.name for q, p in exported.files.items()},
             hf_dir="hf",
             tokenizer="hf/tokenizer.json",
-            training_data=_training_data(corpus, options, size, result),
-            metrics={"train": dataclasses.asdict(result), "heldout_lines": lines},
+            training_data=training_data,
+            metrics={"train": dataclasses.asdict(result), "heldout_fim": heldout | {"quant": quant}},
             checks=checks,
         )
     if options.activate:
         registry.activate(version.name)
     console.print(f"published {version.name}{' (active)' if options.activate else ''}: {version.path}")
     return version
+
+
+def _evaluate(gguf: Path, fim, training_data: dict, options: BootstrapOptions, size, threads: int) -> dict:
+    """Held-out FIM through the serving engine, on the tasks `editloop eval fim VERSION` scores."""
+    from editloop.models.llama import LlamaBackend
+
+    n = options.eval_tasks or size.eval_tasks
+    tasks = fim_tasks(heldout_files(training_data), n, seed=0)
+    backend = LlamaBackend(gguf, fim, gguf.name, n_threads=threads)
+    try:
+        return evaluate_fim(engine_for(backend), tasks, seed=0).to_dict()
+    finally:
+        backend.close()
 
 
 def ensure_starter_model(settings: Settings, size: str = "small") -> ModelVersion:

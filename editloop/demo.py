@@ -72,8 +72,8 @@ def _wait_for_version(url: str, version: str, token: str | None, timeout_s: floa
 
 def run_demo(settings: Settings, options: DemoOptions, console: Console) -> dict:
     from editloop.feedback.log import open_feedback
-    from editloop.models.bootstrap import ensure_starter_model
     from editloop.server.background import background_server, free_port
+    from editloop.starter.bootstrap import ensure_starter_model
     from editloop.training.worker import Trainer
 
     ensure_starter_model(settings)
