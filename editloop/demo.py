@@ -30,7 +30,15 @@ from editloop.settings import Settings
 
 TRAIN_PROJECT = "demo"
 EVAL_PROJECT = "demo-eval"
-COLUMNS = ("acceptance_rate", "chars_saved", "exact_match", "abstain_rate", "shown", "latency_p50_ms")
+COLUMNS = (
+    "chars_saved",
+    "full_accept_rate",
+    "partial_accept_rate",
+    "exact_match",
+    "abstain_rate",
+    "shown",
+    "latency_p50_ms",
+)
 
 
 def default_repo() -> Path:
@@ -48,11 +56,33 @@ class DemoOptions:
     files: str | None = "*.py"
 
 
-def _replay(settings: Settings, url: str, tasks, seed: int, per_file: int, project: str, split: str) -> dict:
+def _replay(
+    settings: Settings,
+    url: str,
+    tasks,
+    seed: int,
+    per_file: int,
+    project: str,
+    split: str,
+    ranker: str | None = None,
+) -> dict:
     config = ReplayConfig(seed=seed, max_requests_per_file=per_file)
     return run_replay(
-        settings, tasks, config, split=split, project=project, server=url, token=_token(settings)
+        settings,
+        tasks,
+        config,
+        split=split,
+        project=project,
+        server=url,
+        token=_token(settings),
+        ranker=ranker,
     )
+
+
+def _rankers(state) -> list[str]:
+    """The rankers a published version has: log-prob always, value when the cycle published one."""
+    value = state.reports.get("value") or {}
+    return ["logprob", "value"] if value.get("published") else ["logprob"]
 
 
 def _token(settings: Settings) -> str | None:
@@ -85,6 +115,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> dict
             "host": "127.0.0.1",
             "trainer": False,
             "retrain_projects": [TRAIN_PROJECT],
+            "canary_share": 0.0,  # the demo measures each version offline: promote at once
         }
     )
     rows, cycles = [], []
@@ -105,9 +136,12 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> dict
             if state.status != "published":
                 break
             _wait_for_version(url, state.version or "", _token(local))
-            rows.append(
-                _replay(local, url, heldout, options.seed, options.requests_per_file, EVAL_PROJECT, "heldout")
-            )
+            for ranker in _rankers(state):  # the same version and files, ranked both ways
+                console.print(f"[bold]held-out replay[/] with {state.version}, ranked by {ranker}")
+                per_file = options.requests_per_file
+                rows.append(
+                    _replay(local, url, heldout, options.seed, per_file, EVAL_PROJECT, "heldout", ranker)
+                )
     return {"repo": str(options.repo), "rows": rows, "cycles": cycles, "options": _options(options)}
 
 
@@ -123,12 +157,13 @@ def _options(options: DemoOptions) -> dict:
 
 
 def table(result: dict) -> Table:
-    out = Table(title=f"held-out replay of {result['repo']} per model version")
+    out = Table(title=f"held-out replay of {result['repo']} per model version and ranker")
     out.add_column("version")
+    out.add_column("ranker")
     for column in COLUMNS:
         out.add_column(column, justify="right")
     for row in result["rows"]:
-        out.add_row(row["model_version"], *(str(row[c]) for c in COLUMNS))
+        out.add_row(row["model_version"], str(row.get("ranker")), *(str(row[c]) for c in COLUMNS))
     return out
 
 
@@ -138,9 +173,9 @@ def plot(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    versions = [r["model_version"] for r in result["rows"]]
+    versions = [f"{r['model_version']}/{r.get('ranker')}" for r in result["rows"]]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for metric in ("acceptance_rate", "chars_saved", "abstain_rate"):
+    for metric in ("chars_saved", "full_accept_rate", "abstain_rate"):
         ax.plot(versions, [r[metric] for r in result["rows"]], marker="o", label=metric)
     ax.set_xlabel("model version")
     ax.set_ylabel("fraction")

@@ -1,5 +1,6 @@
 """The gate's statistics and decision, and a real gate run on the tiny model."""
 
+from editloop.completion.served import load_served
 from editloop.models.llama import LlamaBackend
 from editloop.training.dataset import Sample
 from editloop.training.gate import (
@@ -37,8 +38,9 @@ def test_decision_needs_feedback_gain_and_no_general_drop() -> None:
 
 def test_identical_models_do_not_pass(tiny_version) -> None:
     backend = LlamaBackend.from_version(tiny_version, n_threads=1)
+    served = load_served(tiny_version, backend)
     try:
-        engine = engine_for(backend)
+        engine = engine_for(served)
         contexts = [
             ("def add(a, b):\n    return ", "\n"),
             ("import os\n\nx = ", "\n"),
@@ -53,9 +55,9 @@ def test_identical_models_do_not_pass(tiny_version) -> None:
                     prefix, suffix, own[0].text if own else "", "python", f"f{i}.py", "written", f"c{i}", i
                 )
             )
-        scores = feedback_scores(engine, samples, None, 0.05)
+        scores = feedback_scores(engine, served, samples, None)
         assert sum(scores["exact_match"]) == len(samples)  # greedy decoding is deterministic
-        report = run_gate(backend, backend, samples, GateConfig(bootstrap=200))
+        report = run_gate(served, served, samples, GateConfig(bootstrap=200))
         assert not report.passed and "within noise" in report.reasons[0]
         assert report.feedback["edit_similarity"]["delta"] == 0.0
     finally:

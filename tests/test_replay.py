@@ -21,9 +21,13 @@ from editloop.eval.replay_tasks import Hunk, TypingTask, commit_tasks, file_task
 @pytest.mark.parametrize(
     ("suggestion", "truth", "partial", "expected"),
     [
-        ("return a + b", "return a + b\n", True, 12),  # a prefix: all of it
-        ("return a - b", "return a + b\n", True, 9),  # up to the first mismatch
+        ("return a + b", "return a + b\n", True, 12),  # a prefix: all of it (a full accept)
+        ("return a - b", "return a + b\n", True, 9),  # the whole tokens before the first mismatch
         ("return a - b", "return a + b\n", False, 0),  # no partial accept: nothing
+        ("self.foo(x)", "self.fob(y)\n", True, 5),  # "self.", not "self.fo": no half identifiers
+        ("x = compute(a)", "x = compute(b)", True, 12),  # up to the bracket
+        ("foo_bar", "foo_baz", True, 0),  # a single wrong identifier: nothing to take
+        ("r", "return x", True, 1),  # a prefix, however short, is a full accept
         ("x = 1", "y = 1\n", True, 0),  # wrong from the first character
         ("   foo", "   bar", True, 0),  # blanks alone are not worth taking
         ("a\nb", "a\nb\nc", True, 3),  # multi-line prefix
@@ -128,8 +132,9 @@ def test_a_perfect_model_saves_every_char_after_each_trigger() -> None:
     task = TypingTask("m.py", "python", "", [Hunk(0, 0, CODE)])
     editor = OracleEditor()
     stats = replay([task], editor, ReplayConfig(seed=0)).summary()
-    assert stats["acceptance_rate"] == 1.0
-    assert stats["shown"] == stats["accepted"] == stats["exact_match"] * stats["shown"]
+    assert stats["acceptance_rate"] == stats["full_accept_rate"] == stats["any_accept_rate"] == 1.0
+    assert stats["shown"] == stats["full_accepts"] == stats["exact_match"] * stats["shown"]
+    assert stats["partial_accepts"] == 0 and stats["chars_retained"] == stats["chars_inserted"]
     # Only indentation and newlines are typed: the oracle supplies every line's code.
     assert stats["chars_typed"] == sum(c in " \n" for c in CODE) - CODE.count(" ") + sum(
         len(line) - len(line.lstrip()) for line in CODE.split("\n")
@@ -143,7 +148,7 @@ def test_wrong_suggestions_are_typed_over_and_same_seed_same_actions() -> None:
     for _ in range(2):
         editor = OracleEditor(wrong_every=2)
         stats = replay([task], editor, ReplayConfig(seed=7, pause_after_word=0.5)).summary()
-        runs.append((editor.log, stats["shown"], stats["accepted"]))
+        runs.append((editor.log, stats["shown"], stats["full_accepts"]))
     assert runs[0] == runs[1]
     assert 0 < runs[0][2] < runs[0][1]
     other = OracleEditor(wrong_every=2)
@@ -158,3 +163,42 @@ def test_load_tasks_refuses_bad_input(tmp_path: Path) -> None:
         load_tasks(tmp_path, None, None, "all", 1.5)
     with pytest.raises(BadRequestError, match="nothing to replay"):
         load_tasks(tmp_path, None, None, "all", 0.7)
+
+
+def test_full_partial_and_old_any_accepts_are_counted_apart() -> None:
+    task = TypingTask("m.py", "python", "", [Hunk(0, 0, "value = compute(a, b)\nvalue = compute(c)\n")])
+
+    @dataclass
+    class Fixed(OracleEditor):
+        answers: tuple = ()
+
+        def suggest(self) -> Suggestion | None:
+            self.asked += 1
+            return Suggestion(f"c{self.asked}", self.answers[self.asked - 1], 1.0, "v1")
+
+    # line 1: a whole-token partial ("value = compute("); line 2: only "v" matches before "alue"
+    # diverges mid-identifier, which the old rule counted and the new one does not.
+    editor = Fixed(answers=("value = compute(x)", "vzz = 1"))
+    stats = replay([task], editor, ReplayConfig(seed=0, pause_after_word=0.0)).summary()
+    assert (stats["shown"], stats["full_accepts"], stats["partial_accepts"]) == (2, 0, 1)
+    assert (stats["full_accept_rate"], stats["partial_accept_rate"], stats["any_accept_rate"]) == (
+        0,
+        0.5,
+        1.0,
+    )
+    assert stats["chars_inserted"] == len("value = compute(")
+
+
+def test_chars_retained_follow_later_edits(tmp_path: Path) -> None:
+    # The developer takes a line, and a later hunk of the same commit deletes part of it.
+    line = "total = price * count\n"
+    task = TypingTask("m.py", "python", "", [Hunk(0, 0, line), Hunk(8, 8, "")])
+
+    class Editing(OracleEditor):
+        def close(self) -> None:
+            assert self.doc == "total = count\n"
+
+    stats = replay([task], Editing(), ReplayConfig(seed=0, pause_after_word=0.0)).summary()
+    assert stats["chars_inserted"] == len(line.strip())
+    assert 0 < stats["chars_retained"] < stats["chars_inserted"]
+    assert stats["retained_rate"] < 1.0

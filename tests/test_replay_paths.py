@@ -9,7 +9,16 @@ from editloop.feedback.log import open_feedback
 from tests.server_fixtures import USER, copy_home, running_server
 
 CODE = Path(sysconfig.get_paths()["stdlib"]) / "json"
-COUNTS = ("files", "requests", "shown", "accepted", "partially_accepted", "chars_typed", "chars_inserted")
+COUNTS = (
+    "files",
+    "requests",
+    "shown",
+    "full_accepts",
+    "partial_accepts",
+    "chars_typed",
+    "chars_inserted",
+    "chars_retained",
+)
 
 
 def _types(settings, project: str) -> dict[str, int]:
@@ -35,5 +44,6 @@ def test_http_and_lsp_paths_give_the_same_counts(tiny_settings, tiny_version, tm
     for via, report in reports.items():
         assert events[via].get("completion") == report["requests"], via  # the server recorded each
         assert events[via].get("shown", 0) == report["shown"], via
-        assert events[via].get("accepted", 0) == report["accepted"], via
+        taken = report["full_accepts"] + report["partial_accepts"]
+        assert events[via].get("accepted", 0) == taken, via
         assert events[via].get("edited", 0) > 0, via  # what the developer wrote where nothing fit

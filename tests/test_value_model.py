@@ -58,3 +58,63 @@ def test_refuses_one_class_and_foreign_files(tmp_path) -> None:
     with pytest.raises(ModelError):
         ValueModel.load(tmp_path)
     assert ValueModel.load(tmp_path / "missing") is None
+
+
+def _agreeing_rows(n: int, seed: int) -> list[ValueRow]:
+    """A candidate most samples agree on is taken far more often, at the same log-probabilities."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        agreed = rng.random() < 0.5
+        text = "total = price * count"
+        others = (text, text, "total = 0") if agreed else ("count += 1", "return None", "pass")
+        accepted = rng.random() < (0.7 if agreed else 0.15)
+        rows.append(
+            ValueRow(ValueInput("    ", "\n", text, [math.log(0.5)] * 4, True, others=others), accepted)
+        )
+    return rows
+
+
+def test_agreement_among_samples_is_learned() -> None:
+    model = train_value_model(_agreeing_rows(400, 0))
+    report = evaluate(model, _agreeing_rows(200, 1))
+    assert report["baseline_auc"] == 0.5  # log-prob cannot tell the rows apart
+    assert report["auc"] > 0.7
+    context = RankContext("    ", "\n", "python", "line", samples=("a = 1", "a = 1", "a = 1", "b"))
+    ranker = ValueRanker(model)
+    agreed, alone = ranker.score(context, [RankInput("a = 1", [-0.7], True), RankInput("b", [-0.7], True)])
+    assert agreed > alone
+
+
+def test_the_cycle_publishes_a_value_model_only_when_it_beats_log_prob() -> None:
+    from editloop.training.cycle import train_value
+    from editloop.training.dataset import Dataset
+
+    helpful = Dataset([], [], _agreeing_rows(300, 0), _agreeing_rows(150, 1), {})
+    model, report = train_value(helpful)
+    assert model is not None and report["published"] and "beats" in report["reason"]
+    # Rows where log-prob alone decides: nothing for the value model to add, so it is not published.
+    rng = random.Random(2)
+    plain = [
+        ValueRow(ValueInput("", "\n", "x = 1", [math.log(p)] * 3, True), rng.random() < p)
+        for p in (rng.random() for _ in range(450))
+    ]
+    model, report = train_value(Dataset([], [], plain[:300], plain[300:], {}))
+    assert model is None and not report["published"] and "does not beat" in report["reason"]
+
+
+def test_threshold_maximises_the_expected_show_reward() -> None:
+    from editloop.training.value import calibrate_threshold, expected_show_reward
+
+    # Candidates scored 0.9 are taken 3 times in 4 (worth +0.5 each on average), those at 0.2 once in 5
+    # (worth -0.05): show the first kind only.
+    scores = [0.9] * 4 + [0.2] * 5
+    labels = [1, 1, 1, 0, 1, 0, 0, 0, 0]
+    result = calibrate_threshold(scores, labels, default=0.05)
+    assert result["threshold"] == 0.9
+    assert result["expected_reward"] == round((3 * 0.75 - 0.25) / 9, 4)
+    assert result["default_reward"] == round(expected_show_reward(scores, labels, 0.05), 4)
+    assert result["expected_reward"] > result["default_reward"]
+    # Never so high that nothing is shown (no feedback would come back): at least min_show_rate.
+    hopeless = calibrate_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0], default=0.05, min_show_rate=0.25)
+    assert hopeless["threshold"] == 0.4 and hopeless["show_rate"] == 0.25

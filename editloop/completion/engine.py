@@ -158,7 +158,8 @@ class CompletionEngine:
         valid = {i: self.syntax.check(language, request.prefix, texts[i], request.suffix) for i in kept}
         logprobs = [_kept_logprobs(g, t) for g, t in zip(generations, texts, strict=True)]
         inputs = [RankInput(texts[i], logprobs[i], valid[i]) for i in kept]
-        context = RankContext(request.prefix, request.suffix, language, mode)
+        samples = tuple(texts[i] for i, r in enumerate(reasons) if r in (None, "duplicate"))
+        context = RankContext(request.prefix, request.suffix, language, mode, samples)
         scores = dict(zip(kept, ranker.score(context, inputs) if inputs else [], strict=True))
         return [
             CandidateReport(

@@ -24,6 +24,8 @@ class RankContext:
     suffix: str
     language: str
     mode: str  # "line" or "block", as resolved by the engine
+    # Every decoded candidate's text that was not dropped as broken, duplicates included.
+    samples: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Literal
 from editloop.completion.ranker import LogprobRanker, Ranker
 from editloop.completion.validate import validate_backend
 from editloop.completion.value import ValueModel, ValueRanker
-from editloop.errors import BadRequestError
+from editloop.errors import BadRequestError, ModelError
 from editloop.models.backend import Backend
 from editloop.models.registry import ModelVersion
 
@@ -50,6 +50,10 @@ class ServedModel:
             raise BadRequestError(f"model {self.version} has no {name!r} ranker (it has: {have})")
         return name, self.rankers[name], self.thresholds.get(name, DEFAULT_ABSTAIN_THRESHOLD)
 
+    def value_model(self) -> ValueModel | None:
+        ranker = self.rankers.get("value")
+        return ranker.model if isinstance(ranker, ValueRanker) else None
+
     def close(self) -> None:
         self.backend.close()
 
@@ -69,7 +73,11 @@ def load_served(
     """
     if version is None:
         return assemble(backend, None, {}, ranker, abstain_threshold)
-    model = ValueModel.load(version.path)
+    try:
+        model = ValueModel.load(version.path)
+    except ModelError as exc:  # e.g. trained by an older editloop on other features
+        log.warning("%s: %s; ranking by log-prob", version.name, exc.message)
+        model = None
     return assemble(backend, model, version.manifest.abstain_thresholds, ranker, abstain_threshold)
 
 

@@ -1,7 +1,8 @@
 """The value model: P(a candidate is accepted and kept), learned from the team's feedback.
 
-A logistic regression over a dozen features of the candidate and its context — the model's
-own token log-probabilities among them — in the spirit of Copilot's contextual filter. It is
+A logistic regression over features of the candidate, its context and the other candidates decoded
+for the same request — the model's own token log-probabilities, and how many of its samples agree
+(self-consistency) — in the spirit of Copilot's contextual filter. It is
 small enough to retrain every cycle on a few hundred rows, cheap enough to score every
 candidate on the request path, and it is judged against what it replaces: the log-probability
 score alone (held-out AUC for both is reported every cycle).
@@ -16,6 +17,7 @@ version's directory and ranks with :class:`ValueRanker`.
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +25,10 @@ import numpy as np
 
 from editloop.completion.ranker import RankContext, RankInput
 from editloop.errors import ModelError
+from editloop.metrics import edit_similarity
 
 FILENAME = "value_model.json"
+_WORD = re.compile(r"\w+|[^\w\s]+")
 FEATURES = (
     "mean_logprob",
     "min_logprob",
@@ -39,6 +43,10 @@ FEATURES = (
     "repeats_previous_line",
     "suffix_on_line",
     "ends_with_opener",
+    "same_as_others",
+    "similar_to_others",
+    "first_word_agreement",
+    "alone",
 )
 
 
@@ -50,6 +58,9 @@ class ValueInput:
     logprobs: list[float] | None = None  # unknown (e.g. from an old event): estimated from ``score``
     parse_valid: bool | None = None
     score: float | None = None  # the log-prob ranker's score, when logprobs are unknown
+    # The texts of the request's other decoded candidates (duplicates included, those dropped as
+    # broken left out): agreement among a model's samples says how sure it is.
+    others: tuple[str, ...] = ()
 
 
 def features(value: ValueInput) -> list[float]:
@@ -76,7 +87,26 @@ def features(value: ValueInput) -> list[float]:
         float(bool(text.strip()) and text.strip() == previous_line),
         float(bool(value.suffix.split("\n", 1)[0].strip())),
         float(text.rstrip()[-1:] in (":", "{", "(", "[")),
+        *agreement(text, value.others),
     ]
+
+
+def agreement(text: str, others: tuple[str, ...]) -> list[float]:
+    """Same text, mean similarity and same first word across the other samples; whether it is alone."""
+    if not others:
+        return [0.0, 0.0, 0.0, 1.0]
+    first = _first_word(text)
+    return [
+        sum(o == text for o in others) / len(others),
+        sum(edit_similarity(text, o) for o in others) / len(others),
+        sum(_first_word(o) == first for o in others) / len(others),
+        0.0,
+    ]
+
+
+def _first_word(text: str) -> str:
+    match = _WORD.search(text)
+    return match.group(0) if match else ""
 
 
 @dataclass
@@ -130,10 +160,25 @@ class ValueRanker:
     def score(self, context: RankContext, candidates: list[RankInput]) -> list[float]:
         return self.model.predict_many(
             [
-                ValueInput(context.prefix, context.suffix, c.text, c.logprobs, c.parse_valid)
+                ValueInput(
+                    context.prefix,
+                    context.suffix,
+                    c.text,
+                    c.logprobs,
+                    c.parse_valid,
+                    others=others_of(c.text, context.samples),
+                )
                 for c in candidates
             ]
         )
+
+
+def others_of(text: str, samples: tuple[str, ...]) -> tuple[str, ...]:
+    """``samples`` without one occurrence of ``text``: the candidate's peers."""
+    rest = list(samples)
+    if text in rest:
+        rest.remove(text)
+    return tuple(rest)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

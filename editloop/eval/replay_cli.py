@@ -76,18 +76,29 @@ def run_replay(
     token: str | None = None,
     root: str = "",
     console: Console | None = None,
+    ranker: str | None = None,
 ) -> dict:
-    """Replay ``tasks`` through ``via``; the report :func:`report_dict` builds."""
+    """Replay ``tasks`` through ``via``; the report :func:`report_dict` builds.
+
+    ``ranker`` ("value" or "logprob") ranks every suggestion that way: over HTTP each request asks
+    for it; over the LSP the replay's own server ranks that way (so it needs no ``server``).
+    """
+    if ranker is not None and via == "lsp":
+        if server:
+            raise BadRequestError("--ranker with --via lsp needs the replay's own server: omit --server")
+        settings = settings.model_copy(update={"ranker": ranker})
     with server_client(settings, server, token) as client:
         version = model_version_of(client)
-        key = run_key(config.seed, version, split, root)
+        key = run_key(config.seed, version, split, root, ranker)
         if via == "lsp":
             from editloop.eval.replay_lsp import lsp_editor
 
             with lsp_editor(client, settings, key, project) as editor:
                 stats = _with_progress(tasks, editor, config, console)
         else:
-            editor = HttpEditor(client, key, project=project, candidates=settings.lsp_candidates)
+            editor = HttpEditor(
+                client, key, project=project, candidates=settings.lsp_candidates, ranker=ranker
+            )
             stats = _with_progress(tasks, editor, config, console)
     return report_dict(stats, config, via, split)
 
@@ -110,7 +121,10 @@ def replay_command(
     ratio: Annotated[float, typer.Option(help="fraction of files (by path hash) in train")] = 0.7,
     seed: Annotated[int, typer.Option(help="seeds the developer's pauses")] = 0,
     project: Annotated[str, typer.Option(help="feedback project the events go to")] = "default",
-    partial: Annotated[bool, typer.Option(help="accept up to the first mismatch")] = True,
+    partial: Annotated[bool, typer.Option(help="take the correct whole tokens of a wrong suggestion")] = True,
+    ranker: Annotated[
+        str | None, typer.Option(help="rank with logprob or value (an A/B on the same version and files)")
+    ] = None,
     max_requests: Annotated[int | None, typer.Option(help="stop asking after this many requests")] = None,
     max_requests_per_file: Annotated[
         int | None, typer.Option(help="ask at most this often per file (a sampled replay)")
@@ -120,6 +134,8 @@ def replay_command(
     """Type real code like a developer through the LSP or HTTP path; report what completions saved."""
     if via not in ("http", "lsp"):
         raise BadRequestError(f"--via must be http or lsp, not {via!r}")
+    if ranker not in (None, "logprob", "value"):
+        raise BadRequestError(f"--ranker must be logprob or value, not {ranker!r}")
     if split not in ("train", "heldout", "all"):
         raise BadRequestError(f"--split must be train, heldout or all, not {split!r}")
     tasks = load_tasks(path, files, commits, split, ratio)  # type: ignore[arg-type]
@@ -139,6 +155,7 @@ def replay_command(
         server=server,
         token=token,
         root=str(path.resolve()),
+        ranker=ranker,
     )
     if as_json:
         typer.echo(json.dumps(report, indent=2))

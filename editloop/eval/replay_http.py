@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from editloop.errors import BackendError
-from editloop.eval.replay import Suggestion, similarity, span_of
+from editloop.eval.replay import Suggestion, shift, similarity, span_of
 from editloop.eval.replay_tasks import TypingTask
 from editloop.lsp.session import context_window
 
@@ -49,6 +49,7 @@ class HttpEditor:
     project: str = "default"
     horizons: tuple[float, ...] = (30.0, 120.0, 600.0)
     candidates: int = 3
+    ranker: str | None = None  # rank with this ("value", "logprob"); None: the server's choice
     doc: str = ""
     cursor: int = 0
     clock: float = 0.0
@@ -67,13 +68,7 @@ class HttpEditor:
             self._reject()
         self.doc = self.doc[:offset] + text + self.doc[offset + removed :]
         self.cursor = offset + len(text)
-        delta = len(text) - removed
-        for region in self._regions:
-            if region.start >= offset + removed:
-                region.start += delta
-                region.end += delta
-            elif region.end > offset:  # an edit inside the accepted text: follow its end
-                region.end = max(region.start, region.end + delta)
+        shift(self._regions, offset, removed, len(text))
         self._settle_awaiting()
 
     def type(self, text: str) -> None:
@@ -93,13 +88,15 @@ class HttpEditor:
             "project": self.project,
             "user": self.user,
         }
+        if self.ranker:
+            body["ranker"] = self.ranker
         reply = self.client.post("/complete", json=body)
         if reply.status_code != 200:
             raise BackendError(f"/complete answered {reply.status_code}: {reply.text[:200]}")
         data = reply.json()
         text = data["choices"][0]["text"] if data["choices"] and not data["abstained"] else ""
         latency = float(data.get("timings", {}).get("total_ms", 0.0))
-        suggestion = Suggestion(data["id"], text, latency, data["model_version"])
+        suggestion = Suggestion(data["id"], text, latency, data["model_version"], data.get("ranker", ""))
         if text:
             self._shown = (suggestion, self.cursor)
             self._emit("shown", suggestion)
@@ -192,6 +189,7 @@ class HttpEditor:
         )
 
 
-def run_key(seed: int, model_version: str, split: str, root: str) -> str:
-    """Event ids of one replay: the same run (seed, model, split, code) sends the same ids."""
-    return "replay-" + hashlib.sha256(f"{seed}|{model_version}|{split}|{root}".encode()).hexdigest()[:12]
+def run_key(seed: int, model_version: str, split: str, root: str, ranker: str | None = None) -> str:
+    """Event ids of one replay: the same run (seed, model, split, code, ranker) sends the same ids."""
+    run = f"{seed}|{model_version}|{split}|{root}" + (f"|{ranker}" if ranker else "")
+    return "replay-" + hashlib.sha256(run.encode()).hexdigest()[:12]

@@ -30,7 +30,7 @@ from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings
 from editloop.training.dataset import Dataset, DatasetConfig, FeedbackArchive, Sample, build_dataset
 from editloop.training.gate import GateConfig, GateReport
-from editloop.training.value import evaluate, train_value_model
+from editloop.training.value import calibrate_threshold, evaluate, logprob_scores, train_value_model
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,17 @@ class Cycle:
             )
         adapter, training = self._train(current, data)
         self.state.reports.update(training)
-        self._enter("value", "training the value model")
-        value_model, value_report = train_value(data)
-        self.state.reports["value"] = value_report
-        return self._export_gate_publish(current, data, adapter, value_model, notify)
+        self._enter("value", "training the value model, calibrating when to abstain")
+        value_model, self.state.reports["value"] = train_value(data)
+        thresholds, self.state.reports["abstain"] = calibrate(data, value_model, self._default_threshold())
+        return self._export_gate_publish(current, data, adapter, value_model, thresholds, notify)
+
+    def _default_threshold(self) -> float:
+        return (
+            self.settings.abstain_threshold
+            if self.settings.abstain_threshold is not None
+            else DEFAULT_ABSTAIN_THRESHOLD
+        )
 
     def _train(self, current: ModelVersion, data: Dataset) -> tuple[Path, dict]:
         from editloop.training.grpo import GrpoConfig, run_grpo
@@ -255,6 +262,7 @@ class Cycle:
         data: Dataset,
         adapter: Path,
         value_model: ValueModel | None,
+        thresholds: dict[str, float],
         notify: Callable[[str], None] | None,
     ) -> CycleState:
         from editloop.models.publish import stage_checkpoint
@@ -268,7 +276,7 @@ class Cycle:
             self._enter("gate", f"gating against {current.name}")
             files = staged.exported.files
             gguf = files.get("q8_0") or next(iter(files.values()))
-            report = self._gate(current, gguf, staged.exported.fim, data.sft_heldout, value_model)
+            report = self._gate(current, gguf, staged.exported.fim, data.sft_heldout, value_model, thresholds)
             self.state.reports["gate"] = report.to_dict()
             if not report.passed and not self.config.force:
                 return self._finish("rejected", "gate: " + "; ".join(report.reasons))
@@ -278,6 +286,7 @@ class Cycle:
                 parent=current.name,
                 training_data={"cycle": self.state.cycle_id, **self.state.reports.get("dataset", {})},
                 metrics={k: v for k, v in self.state.to_dict()["reports"].items() if k != "dataset"},
+                abstain_thresholds=thresholds,
             )
         self.state.version = version.name
         if self.config.activate:
@@ -287,7 +296,9 @@ class Cycle:
         forced = "" if report.passed else " (forced past a failed gate)"
         return self._finish("published", f"published {version.name}{forced}")
 
-    def _gate(self, current: ModelVersion, gguf: Path, fim, heldout: list[Sample], value) -> GateReport:
+    def _gate(
+        self, current: ModelVersion, gguf: Path, fim, heldout: list[Sample], value, thresholds: dict
+    ) -> GateReport:
         from editloop.completion.served import assemble, load_served
         from editloop.models.llama import LlamaBackend
         from editloop.training.gate import run_gate
@@ -296,15 +307,13 @@ class Cycle:
         # Both as the server would serve them: the current version with its own value model, the
         # candidate with the one this cycle trained.
         old = load_served(current, LlamaBackend.from_version(current, n_threads=threads))
-        new = assemble(LlamaBackend(gguf, fim, "candidate", n_threads=threads), value, {})
+        new = assemble(LlamaBackend(gguf, fim, "candidate", n_threads=threads), value, thresholds)
         try:
             return run_gate(
                 old,
                 new,
                 heldout,
                 self.config.gate,
-                value=value,
-                abstain_threshold=self.settings.abstain_threshold or DEFAULT_ABSTAIN_THRESHOLD,
                 general=self._general_checks(),
             )
         finally:
@@ -363,14 +372,37 @@ def snapshot(source: FeedbackSource, archive: FeedbackArchive, batch: int = 500)
 
 
 def train_value(data: Dataset) -> tuple[ValueModel | None, dict]:
-    """The value model on this cycle's rows, with held-out AUC next to the log-prob baseline."""
+    """The value model on this cycle's rows, kept only when it ranks held-out rows better than log-prob.
+
+    Judged by held-out AUC against the log-prob score it would replace; a model that does not beat
+    it is not published, and the version ranks by log-prob.
+    """
     try:
         model = train_value_model(data.value_train)
     except ModelError as exc:
-        return None, {"skipped": str(exc), "rows": len(data.value_rows)}
+        return None, {"published": False, "reason": str(exc), "rows": len(data.value_rows)}
     heldout = evaluate(model, data.value_heldout)
+    report = {"train_rows": len(data.value_train), **heldout}
+    if heldout["auc"] is None or heldout["baseline_auc"] is None:
+        return None, report | {"published": False, "reason": "held-out rows lack accepted or rejected ones"}
+    if heldout["auc"] <= heldout["baseline_auc"]:
+        reason = f"held-out AUC {heldout['auc']} does not beat log-prob's {heldout['baseline_auc']}"
+        return None, report | {"published": False, "reason": reason}
     model.metrics = {"heldout": heldout, "train_rows": len(data.value_train)}
-    return model, {"train_rows": len(data.value_train), **heldout}
+    reason = f"held-out AUC {heldout['auc']} beats log-prob's {heldout['baseline_auc']}"
+    return model, report | {"published": True, "reason": reason}
+
+
+def calibrate(data: Dataset, value: ValueModel | None, default: float) -> tuple[dict[str, float], dict]:
+    """Per ranker, the abstain threshold that maximises the expected show reward on held-out rows."""
+    labels = [r.label for r in data.value_heldout]
+    if len(set(labels)) < 2:
+        return {}, {"skipped": "held-out rows lack accepted or rejected ones: thresholds stay as they are"}
+    scores = {"logprob": logprob_scores(data.value_heldout)}
+    if value is not None:
+        scores["value"] = value.predict_many([r.input for r in data.value_heldout])
+    report = {name: calibrate_threshold(s, labels, default) for name, s in scores.items()}
+    return {name: r["threshold"] for name, r in report.items()}, report
 
 
 def sweep_staging(registry: Registry, older_than_s: float = 3600.0) -> int:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from editloop.completion.value import ValueInput
+from editloop.completion.value import ValueInput, others_of
 from editloop.feedback.events import (
     AcceptedEvent,
     CompletionEvent,
@@ -172,6 +172,8 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
         completion = story.completion
         if completion is None:
             continue
+        # As the engine's ranker saw them: every candidate not dropped as broken, duplicates included.
+        samples = tuple(c.text for c in completion.candidates if c.dropped in (None, "duplicate"))
         for candidate in completion.candidates:
             if candidate.index not in story.shown or not candidate.text:
                 continue
@@ -183,6 +185,7 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
                 candidate.logprobs,
                 candidate.parse_valid,
                 candidate.score,
+                others=others_of(candidate.text, samples),
             )
             rows.append(
                 ValueRow(

@@ -13,7 +13,7 @@ drops by more than its tolerance.
 """
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from editloop.completion.engine import CompletionEngine
@@ -43,11 +43,15 @@ class GateConfig:
 
 
 def feedback_scores(
-    engine: CompletionEngine, samples: list[Sample], value: ValueModel | None, abstain_threshold: float
+    engine: CompletionEngine, served: ServedModel, samples: list[Sample], judge: ValueModel | None
 ) -> dict[str, list[float]]:
-    """Per-sample scores of the engine's top choice against the kept text."""
+    """Per-sample scores of the engine's top choice against the kept text.
+
+    ``abstain`` is whether ``served`` would have shown nothing (its ranker's calibrated threshold);
+    ``p_accept`` is the top choice's P(accept) under ``judge``, one value model for both sides.
+    """
     scores: dict[str, list[float]] = {"exact_match": [], "edit_similarity": [], "abstain": []}
-    if value is not None:
+    if judge is not None:
         scores["p_accept"] = []
     for sample in samples:
         request = CompletionRequest(
@@ -60,15 +64,16 @@ def feedback_scores(
         result = engine.complete(request)
         top = result.choices[0] if result.choices else None
         text = top.text if top else ""
+        threshold = served.pick(result.ranker)[2]
         scores["exact_match"].append(float(exact_match(text, sample.reference)))
         scores["edit_similarity"].append(edit_similarity(text, sample.reference))
-        scores["abstain"].append(float(top is None or (top.score or 0.0) < abstain_threshold))
-        if value is not None:
+        scores["abstain"].append(float(top is None or (top.score or 0.0) < threshold))
+        if judge is not None:
             report = next((c for c in result.candidates if c.text == text and c.dropped is None), None)
             logprobs = report.logprobs if report else None
             parse_valid = report.parse_valid if report else None
             scores["p_accept"].append(
-                value.predict(ValueInput(sample.prefix, sample.suffix, text, logprobs, parse_valid))
+                judge.predict(ValueInput(sample.prefix, sample.suffix, text, logprobs, parse_valid))
                 if text
                 else 0.0
             )
@@ -124,13 +129,15 @@ def run_gate(
     heldout: list[Sample],
     config: GateConfig,
     *,
-    value: ValueModel | None = None,
-    abstain_threshold: float = 0.05,
-    general: list[GeneralCheck] = (),  # type: ignore[assignment]
+    general: Sequence[GeneralCheck] = (),
 ) -> GateReport:
+    """Both as served (each with its own ranker and threshold), on the same held-out samples."""
     samples = random.Random(config.seed).sample(heldout, min(len(heldout), config.max_samples))
+    judge = candidate.value_model()
     engines = engine_for(current), engine_for(candidate)
-    before, after = (feedback_scores(e, samples, value, abstain_threshold) for e in engines)
+    before, after = (
+        feedback_scores(e, s, samples, judge) for e, s in zip(engines, (current, candidate), strict=True)
+    )
     feedback = _compare(before, after, config)
     general_table: dict = {}
     for check in general:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from editloop.completion.ranker import mean_token_probability
+from editloop.completion.ranker import LogprobRanker, RankContext, RankInput
 from editloop.completion.value import ValueInput, ValueModel, features, sigmoid
 from editloop.errors import ModelError
 
@@ -79,17 +79,72 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def logprob_scores(rows: list[ValueRow]) -> list[float]:
+    """What the log-prob ranker scored each row's candidate (the event's score when logprobs are lost)."""
+    ranker = LogprobRanker()
+    return [_logprob_score(ranker, r.input) for r in rows]
+
+
+def _logprob_score(ranker: LogprobRanker, value: ValueInput) -> float:
+    if not value.logprobs:
+        return value.score or 0.0
+    return ranker.score(_context(value), [RankInput(value.candidate, value.logprobs, value.parse_valid)])[0]
+
+
+def _context(value: ValueInput) -> RankContext:
+    return RankContext(value.prefix, value.suffix, "", "")
+
+
 def evaluate(model: ValueModel, rows: list[ValueRow]) -> dict:
     """Held-out AUC of the value model next to the log-probability score it replaces."""
     labels = [r.label for r in rows]
-    baseline = [
-        mean_token_probability(r.input.logprobs) if r.input.logprobs else (r.input.score or 0.0) for r in rows
-    ]
     return {
         "rows": len(rows),
         "positives": sum(labels),
         "auc": _round(auc(model.predict_many([r.input for r in rows]), labels)),
-        "baseline_auc": _round(auc(baseline, labels)),
+        "baseline_auc": _round(auc(logprob_scores(rows), labels)),
+    }
+
+
+# Cursor Tab's show reward: a shown suggestion the developer takes and keeps is worth +0.75, one
+# they pass over costs -0.25 (their attention), an abstention is worth 0.
+SHOW_ACCEPTED, SHOW_REJECTED = 0.75, -0.25
+
+
+def expected_show_reward(scores: list[float], labels: list[int], threshold: float) -> float:
+    """Mean reward per request of showing exactly the candidates scored at or above ``threshold``."""
+    if not scores:
+        return 0.0
+    shown = [y for s, y in zip(scores, labels, strict=True) if s >= threshold]
+    return sum(SHOW_ACCEPTED if y else SHOW_REJECTED for y in shown) / len(scores)
+
+
+def calibrate_threshold(
+    scores: list[float], labels: list[int], default: float, min_show_rate: float = 0.1
+) -> dict:
+    """The abstain threshold that maximises the expected show reward on held-out rows.
+
+    Only thresholds that still show at least ``min_show_rate`` of the rows are considered: a
+    version that shows nothing would earn 0 and also never learn again, since nothing shown means
+    no feedback. Ties go to the lower threshold (more suggestions, same reward).
+    """
+    order = sorted(set(scores), reverse=True)
+    best: tuple[float, float] | None = None
+    for threshold in order:
+        if sum(s >= threshold for s in scores) < min_show_rate * len(scores):
+            continue
+        reward = expected_show_reward(scores, labels, threshold)
+        if best is None or reward >= best[1]:
+            best = (threshold, reward)
+    chosen, reward = best if best is not None else (default, expected_show_reward(scores, labels, default))
+    return {
+        "threshold": round(chosen, 6),
+        "expected_reward": round(reward, 4),
+        "show_rate": _round(sum(s >= chosen for s in scores) / len(scores)) if scores else None,
+        "default_threshold": default,
+        "default_reward": round(expected_show_reward(scores, labels, default), 4),
+        "rows": len(scores),
+        "min_show_rate": min_show_rate,
     }
 
 
