@@ -183,6 +183,25 @@ class Settings(BaseSettings):
         default=0.02, ge=0, le=1, description="Largest general-code drop the gate lets through."
     )
 
+    # Canary: a version that passed the gate serves a share of requests until live feedback decides
+    canary_share: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Share of (user, document) pairs a new version serves first; 0: promote at once.",
+    )
+    canary_min_shown: int = Field(
+        default=200, ge=1, description="Suggestions each arm must show before the canary is decided."
+    )
+    canary_margin: float = Field(
+        default=0.02, gt=0, lt=1, description="Full-accept rate a canary may lose and still be promoted."
+    )
+    canary_alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Error rate of each sequential test.")
+    canary_max_minutes: float = Field(
+        default=1440.0, gt=0, description="Decide an undecided canary on its estimate after this long."
+    )
+    canary_check_s: float = Field(default=30.0, gt=0, description="How often the trainer checks the canary.")
+
     # LSP server (`editloop lsp`); an editor's initializationOptions override these per session
     lsp_server_url: str | None = Field(
         default=None, description="A running `editloop serve` to complete from; unset: an in-process model."

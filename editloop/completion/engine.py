@@ -37,7 +37,9 @@ class EngineConfig:
 class ServedSource(Protocol):
     """Where the engine leases the model it completes with (the hot-swap manager, or one model)."""
 
-    def lease(self) -> AbstractContextManager[ServedModel]: ...
+    def lease(self, key: str | None = None) -> AbstractContextManager[ServedModel]:
+        """The model for a request keyed ``key`` (a canary serves a stable share of keys)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class CompletionEngine:
         mode = resolve_mode(request.mode, request.prefix, request.suffix, language)
         cancel = self._supersede(request.document_id, cancel or threading.Event())
         try:
-            with self.models.lease() as served:
+            with self.models.lease(arm_key(request)) as served:
                 ranking = self._ranking(served, request)
                 cached = self._from_cache(served.version, ranking, language, mode, request, started)
                 if cached is not None:
@@ -109,7 +111,7 @@ class CompletionEngine:
         )
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()
-        reports = self._rank(ranking.ranker, generated.generations, request, language, mode)
+        reports, rank_ms = self._rank(ranking.ranker, generated.generations, request, language, mode)
         choices = _choices(reports, request.n)
         abstained = should_abstain(choices[0].score if choices else None, ranking.threshold)
         if self.cache is not None and choices and not cancel.is_set():
@@ -138,6 +140,7 @@ class CompletionEngine:
                 "prompt_ms": generated.prompt_ms,
                 "decode_ms": generated.decode_ms,
                 "postprocess_ms": _ms(post_started),
+                "rank_ms": rank_ms,
                 "total_ms": _ms(started),
             },
         )
@@ -149,7 +152,8 @@ class CompletionEngine:
         request: CompletionRequest,
         language: str,
         mode: str,
-    ) -> list[CandidateReport]:
+    ) -> tuple[list[CandidateReport], float]:
+        """Every candidate's report, and how long the ranker took (ms)."""
         texts = [truncate(g.text, mode, request.prefix, request.suffix, language) for g in generations]
         reasons = [drop_reason(t, request.prefix, request.suffix, language) for t in texts]
         first = set(dedupe(texts))
@@ -160,8 +164,10 @@ class CompletionEngine:
         inputs = [RankInput(texts[i], logprobs[i], valid[i]) for i in kept]
         samples = tuple(texts[i] for i, r in enumerate(reasons) if r in (None, "duplicate"))
         context = RankContext(request.prefix, request.suffix, language, mode, samples)
+        rank_started = time.perf_counter()
         scores = dict(zip(kept, ranker.score(context, inputs) if inputs else [], strict=True))
-        return [
+        rank_ms = _ms(rank_started)
+        reports = [
             CandidateReport(
                 text=texts[i],
                 score=scores.get(i),
@@ -173,6 +179,7 @@ class CompletionEngine:
             )
             for i, g in enumerate(generations)
         ]
+        return reports, rank_ms
 
     def _from_cache(
         self,
@@ -219,6 +226,14 @@ class CompletionEngine:
         with self._documents_lock:
             if self._documents.get(document_id) is cancel:
                 del self._documents[document_id]
+
+
+def arm_key(request: CompletionRequest) -> str | None:
+    """Who asks about what: a canary keeps each (user, document) on one arm, on every replica."""
+    document = request.document_id or request.filepath
+    if request.user is None and document is None:
+        return None
+    return f"{request.user or ''}\x00{document or ''}"
 
 
 def _cache_version(version: str, ranker: str) -> str:

@@ -31,7 +31,7 @@ class OneModel:
         return self.served.version
 
     @contextmanager
-    def lease(self) -> Iterator[ServedModel]:
+    def lease(self, key: str | None = None) -> Iterator[ServedModel]:
         yield self.served
 
 

@@ -38,6 +38,7 @@ class Suggestion:
     latency_ms: float
     model_version: str
     ranker: str = ""  # what ranked it, when the editor path says
+    rank_ms: float | None = None  # the ranker's own cost on the server, when the editor path says
 
 
 class Editor(Protocol):
@@ -72,6 +73,7 @@ class ReplayStats:
     chars_inserted: int = 0
     chars_retained: int = 0  # inserted characters still there when the file is closed
     latencies_ms: list[float] = field(default_factory=list)
+    rank_ms: list[float] = field(default_factory=list)
     model_versions: set[str] = field(default_factory=set)
     rankers: set[str] = field(default_factory=set)
 
@@ -82,6 +84,7 @@ class ReplayStats:
         self.chars_inserted += other.chars_inserted
         self.chars_retained += other.chars_retained
         self.latencies_ms += other.latencies_ms
+        self.rank_ms += other.rank_ms
         self.model_versions |= other.model_versions
         self.rankers |= other.rankers
 
@@ -108,6 +111,7 @@ class ReplayStats:
             "abstain_rate": _ratio(self.abstained, self.requests),
             "latency_p50_ms": _percentile(lat, 0.50),
             "latency_p95_ms": _percentile(lat, 0.95),
+            "rank_p50_ms": _percentile(sorted(self.rank_ms), 0.50),
             "model_version": ",".join(sorted(self.model_versions)) or None,
             "ranker": ",".join(sorted(self.rankers)) or None,
         }
@@ -222,6 +226,8 @@ def _ask(truth: str, editor: Editor, doc: _Document, config: ReplayConfig, stats
     suggestion = editor.suggest()
     stats.requests += 1
     stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+    if suggestion is not None and suggestion.rank_ms is not None:
+        stats.rank_ms.append(suggestion.rank_ms)
     if suggestion is None or not suggestion.text:
         stats.abstained += suggestion is not None
         return 0

@@ -96,7 +96,10 @@ class HttpEditor:
         data = reply.json()
         text = data["choices"][0]["text"] if data["choices"] and not data["abstained"] else ""
         latency = float(data.get("timings", {}).get("total_ms", 0.0))
-        suggestion = Suggestion(data["id"], text, latency, data["model_version"], data.get("ranker", ""))
+        rank_ms = data.get("timings", {}).get("rank_ms")
+        suggestion = Suggestion(
+            data["id"], text, latency, data["model_version"], data.get("ranker", ""), rank_ms
+        )
         if text:
             self._shown = (suggestion, self.cursor)
             self._emit("shown", suggestion)

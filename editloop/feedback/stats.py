@@ -20,6 +20,10 @@ Definitions (also in every report, under ``definitions``):
 - *seen*: completions the client reports the user saw: a ``shown``, ``accepted`` or ``rejected``
   event names them.
 - *acceptance rate*: completions with an ``accepted`` event / seen.
+- *full-accept rate*: completions whose candidate was accepted whole (no partial accept) / seen.
+- *chars retained at 2 min*: per accepted completion, the characters taken times the similarity the
+  first ``retained`` report at or after 120 s gave (what is still there); accepts without such a
+  report are left out, and ``retained_known`` counts the ones with it.
 - *chars accepted*: per accepted candidate, ``accepted_length`` when the client measured a partial
   accept (the longest one sent), the first line or word for Tabby-style partial accepts, else the
   candidate's whole text; summed over completions.
@@ -51,6 +55,7 @@ from editloop.feedback.store import FeedbackStore
 
 JOIN_WINDOW_S = 2 * 3600  # outcomes arrive within minutes (retention's last horizon is 10 min)
 PAGE = 1000
+RETAINED_HORIZON_S = 120  # what is still there after 2 minutes (Copilot checks 30 s .. 10 min)
 LATENCY_RATIO = 1.1  # latency histogram bins grow 10 %: percentiles within ~5 %
 MAX_SERIES_POINTS = 120
 
@@ -59,6 +64,9 @@ DEFINITIONS = {
     "abstain_rate": "abstained completions / completions",
     "seen": "completions named by a shown, accepted or rejected event (the user saw them)",
     "acceptance_rate": "completions with an accepted event / seen completions",
+    "full_accept_rate": "completions accepted whole (not partially) / seen completions",
+    "chars_retained_2min": "characters taken times their similarity at the first retention report at or "
+    "after 2 min, over accepted completions with such a report (retained_known of them)",
     "chars_accepted": "characters taken from completions: accepted_length on partial accepts, "
     "else the first line or word (Tabby line/word accepts), else the whole candidate",
     "chars_written": "characters at the completion's spot afterwards, where a retained/edited event "
@@ -78,8 +86,11 @@ class Counts:
     served: int = 0
     seen: int = 0
     accepted: int = 0
+    full_accepted: int = 0
     rejected: int = 0
     chars_accepted: int = 0
+    retained_known: int = 0
+    chars_retained_2min: int = 0
     written_known: int = 0
     chars_written: int = 0
     chars_saved: int = 0
@@ -102,10 +113,14 @@ class Counts:
             "served": self.served,
             "seen": self.seen,
             "accepted": self.accepted,
+            "full_accepted": self.full_accepted,
             "rejected": self.rejected,
             "abstain_rate": _ratio(self.abstained, self.completions),
             "acceptance_rate": _ratio(self.accepted, self.seen),
+            "full_accept_rate": _ratio(self.full_accepted, self.seen),
             "chars_accepted": self.chars_accepted,
+            "retained_known": self.retained_known,
+            "chars_retained_2min": self.chars_retained_2min,
             "chars_written": self.chars_written,
             "chars_saved": self.chars_saved,
             "written_known": self.written_known,
@@ -160,6 +175,7 @@ class _Joined:
     # since an accept may be read before the completion event it joins.
     accepted: dict[int, set[tuple[int | None, str | None]]] = field(default_factory=dict)
     final_text: int | None = None  # chars at the spot after an accept (retained / edited)
+    retained_2min: float | None = None  # similarity at the first retention report at or after 2 min
     written_instead: int | None = None  # chars the user wrote after a rejection or abstention
 
     def candidate_chars(self, choice: int, partial: str | None) -> int:
@@ -189,8 +205,12 @@ class _Joined:
         taken = sum(self.taken(choice) for choice in self.accepted)
         out.seen = int(self.seen)
         out.accepted = int(bool(self.accepted))
+        out.full_accepted = int(any((None, None) in accepts for accepts in self.accepted.values()))
         out.rejected = int(self.rejected and not self.accepted)
         out.chars_accepted = taken
+        if self.accepted and self.retained_2min is not None:
+            out.retained_known = 1
+            out.chars_retained_2min = round(taken * self.retained_2min)
         if self.accepted:
             written = self.final_text if self.final_text is not None else taken
         else:
@@ -211,6 +231,8 @@ class _Joined:
             self.accepted.setdefault(event.choice, set()).add((event.accepted_length, event.partial))
         elif isinstance(event, RetainedEvent):
             self.final_text = _length(event.text, event.text_chars)
+            if event.horizon_s >= RETAINED_HORIZON_S and self.retained_2min is None:
+                self.retained_2min = event.similarity
         elif isinstance(event, EditedEvent):
             chars = _length(event.text, event.text_chars)
             if event.after == "accepted":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from editloop.errors import EditloopError, ModelError
-from editloop.models.registry import ModelVersion, Registry
+from editloop.models.registry import Canary, ModelVersion, Registry, in_canary
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ class ModelManager(Generic[L]):
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._slot: _Slot[L] | None = None
+        # A canary version serving a share of requests beside the current one (registry canary.json).
+        self._canary: _Slot[L] | None = None
+        self._canary_info: Canary | None = None
+        self._failed_canary: str | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.last_error: str | None = None
@@ -73,10 +77,19 @@ class ModelManager(Generic[L]):
         slot = self._slot
         return slot.backend.version if slot else None
 
+    @property
+    def canary(self) -> Canary | None:
+        """The canary being served beside the current version, if any."""
+        return self._canary_info if self._canary is not None else None
+
     @contextmanager
-    def lease(self) -> Iterator[L]:
+    def lease(self, key: str | None = None) -> Iterator[L]:
+        """The model for a request keyed ``key`` (user and document): the canary for its share."""
         with self._lock:
             slot = self._slot
+            info = self._canary_info
+            if self._canary is not None and info is not None and in_canary(key, info.share):
+                slot = self._canary
             if slot is None:
                 raise ModelError(
                     "no model is loaded: " + (self.last_error or "none is active in the registry")
@@ -92,19 +105,48 @@ class ModelManager(Generic[L]):
                 slot.backend.close()
 
     def reload(self) -> bool:
-        """Load the registry's current version if it is not the one serving; True if swapped."""
+        """Load the registry's current version if it is not the one serving, and follow its canary;
+        True if the current version was swapped."""
         with self._reload_lock:
-            try:
-                version = self.registry.load_verified_current()
-                if version.name == self.version:
-                    return False
-                backend = self._load(version)
-            except EditloopError as exc:
-                self._failed_version = self.registry.current_name()
-                self._failed(str(exc.message))
+            swapped = self._reload_current()
+            self._follow_canary()
+            return swapped
+
+    def _reload_current(self) -> bool:
+        try:
+            version = self.registry.load_verified_current()
+            if version.name == self.version:
                 return False
-            self._swap(backend)
-            return True
+            backend = self._load(version)
+        except EditloopError as exc:
+            self._failed_version = self.registry.current_name()
+            self._failed(str(exc.message))
+            return False
+        self._swap(backend)
+        return True
+
+    def _follow_canary(self) -> None:
+        """Load the running canary beside the current version, or stop serving one that ended."""
+        wanted = self.registry.running_canary()
+        if wanted is not None and wanted.baseline != self.version:
+            wanted = None  # measured against a version this process does not serve
+        have = self._canary_info
+        if wanted == have or (wanted is not None and wanted.version == self._failed_canary):
+            return
+        backend = None
+        if wanted is not None:
+            try:
+                backend = self._load(self.registry.verify(wanted.version))
+            except EditloopError as exc:
+                self._failed_canary = wanted.version
+                log.error("canary %s not served: %s", wanted.version, exc.message)
+                wanted = None
+        with self._lock:
+            old, self._canary, self._canary_info = self._canary, _Slot(backend) if backend else None, wanted
+        if old is not None:
+            self._retire(old)
+        if wanted is not None:
+            log.info("serving canary %s to %.0f%% of requests", wanted.version, wanted.share * 100)
 
     def _load(self, version: ModelVersion) -> L:
         started = time.monotonic()
@@ -121,15 +163,20 @@ class ModelManager(Generic[L]):
     def _swap(self, backend: L) -> None:
         with self._lock:
             old, self._slot = self._slot, _Slot(backend)
-            if old is not None:
-                old.retired = True
-                close_now = old.leases == 0
-        if old is not None and close_now:
-            old.backend.close()
+        if old is not None:
+            self._retire(old)
         self.swaps += 1
         self.last_error = None
         self._failed_version = None
         log.info("now serving %s", backend.version)
+
+    def _retire(self, slot: _Slot[L]) -> None:
+        """No new leases; closed now, or by its last lease."""
+        with self._lock:
+            slot.retired = True
+            close_now = slot.leases == 0
+        if close_now:
+            slot.backend.close()
 
     def _failed(self, reason: str) -> None:
         self.failed_swaps += 1
@@ -147,19 +194,25 @@ class ModelManager(Generic[L]):
             pointer = self.registry.current_name()
             if pointer is not None and pointer not in (self.version, self._failed_version):
                 self.reload()
+            elif self.registry.running_canary() != self._canary_info:
+                with self._reload_lock:
+                    self._follow_canary()
 
     def close(self) -> None:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         with self._lock:
-            slot, self._slot = self._slot, None
-        if slot is not None:
-            slot.backend.close()
+            slots, self._slot, self._canary = (self._slot, self._canary), None, None
+        for slot in slots:
+            if slot is not None:
+                slot.backend.close()
 
     def status(self) -> dict:
+        canary = self.canary
         return {
             "version": self.version,
+            "canary": {"version": canary.version, "share": canary.share} if canary else None,
             "last_error": self.last_error,
             "swaps": self.swaps,
             "failed_swaps": self.failed_swaps,

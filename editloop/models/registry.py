@@ -23,16 +23,18 @@ activated, so a damaged file is refused while the old model keeps serving.
 import fcntl
 import hashlib
 import os
+import random
 import re
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gguf
 from pydantic import BaseModel, ValidationError
@@ -102,6 +104,41 @@ class _Pointer(BaseModel):
     previous: list[str] = []
 
 
+CanaryStatus = Literal["running", "promoted", "rolled_back", "aborted"]
+
+
+class Canary(BaseModel):
+    """A version serving a share of requests beside the current one until live feedback decides.
+
+    Stored as ``canary.json`` next to ``current.json``: every replica reads the same arm map from
+    it, and the decision outlives any process. A running canary counts only while ``baseline`` is
+    still current (an operator who activates another version ends it).
+    """
+
+    version: str
+    baseline: str
+    share: float
+    started_at: float  # epoch seconds
+    status: CanaryStatus = "running"
+    decided_at: float | None = None
+    reason: str = ""
+    figures: dict = {}
+
+
+def in_canary(key: str | None, share: float) -> bool:
+    """Whether requests keyed ``key`` (user and document) go to the canary arm.
+
+    A stable hash, so every replica and every restart agrees and a user's document stays on one
+    arm; a request with no key at all is assigned at random.
+    """
+    if share <= 0:
+        return False
+    if key is None:
+        return random.random() < share
+    point = int.from_bytes(hashlib.sha256(f"canary:{key}".encode()).digest()[:8], "big") / 2**64
+    return point < share
+
+
 class Registry:
     """The versions under ``root`` and the pointer to the current one."""
 
@@ -110,6 +147,7 @@ class Registry:
         self.versions_dir = self.root / "versions"
         self.staging_dir = self.root / ".staging"
         self.pointer_file = self.root / "current.json"
+        self.canary_file = self.root / "canary.json"
 
     @contextmanager
     def stage(self) -> Iterator[Path]:
@@ -217,14 +255,30 @@ class Registry:
         """Verify ``name`` and make it current; the version it replaces heads the rollback stack."""
         version = self.verify(name)
         with self._locked():
-            pointer = self._read_pointer()
-            if pointer is None:
-                self._write_pointer(_Pointer(version=version.name))
-            elif pointer.version != version.name:
-                stack = [pointer.version, *pointer.previous]
-                previous = list(dict.fromkeys(v for v in stack if v != version.name))
-                self._write_pointer(_Pointer(version=version.name, previous=previous))
+            self._activate_locked(version)
+            self._void_canary_locked(f"{version.name} was activated by hand")
         return version
+
+    def _void_canary_locked(self, reason: str) -> None:
+        """A running canary measured against a baseline that is no longer current means nothing."""
+        try:
+            canary = self.canary()
+        except RegistryError:
+            return
+        if canary is not None and canary.status == "running" and canary.baseline != self.current_name():
+            decided = canary.model_copy(
+                update={"status": "aborted", "decided_at": time.time(), "reason": reason}
+            )
+            _write_atomically(self.canary_file, decided.model_dump_json(indent=2).encode())
+
+    def _activate_locked(self, version: ModelVersion) -> None:
+        pointer = self._read_pointer()
+        if pointer is None:
+            self._write_pointer(_Pointer(version=version.name))
+        elif pointer.version != version.name:
+            stack = [pointer.version, *pointer.previous]
+            previous = list(dict.fromkeys(v for v in stack if v != version.name))
+            self._write_pointer(_Pointer(version=version.name, previous=previous))
 
     def rollback(self) -> ModelVersion:
         """Make the previously current version current again (verified first)."""
@@ -238,7 +292,68 @@ class Registry:
                 )
             version = self.verify(pointer.previous[0])
             self._write_pointer(_Pointer(version=version.name, previous=pointer.previous[1:]))
+            self._void_canary_locked(f"rolled back to {version.name}")
         return version
+
+    # -- canary ------------------------------------------------------------------------------
+
+    def canary(self) -> Canary | None:
+        """The last canary (running or decided), or None when there never was one."""
+        try:
+            return Canary.model_validate_json(self.canary_file.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            raise RegistryError(
+                f"{self.canary_file} is unreadable ({exc}); `editloop canary abort` rewrites it"
+            ) from exc
+
+    def running_canary(self) -> Canary | None:
+        """The canary that serves now: running, and its baseline still current. Cheap, for pollers."""
+        try:
+            canary = self.canary()
+        except RegistryError:
+            return None
+        if canary is None or canary.status != "running" or canary.baseline != self.current_name():
+            return None
+        return canary
+
+    def start_canary(self, name: str, share: float) -> Canary:
+        """Serve verified ``name`` to ``share`` of requests beside the current version."""
+        if not 0 < share < 1:
+            raise RegistryError(f"a canary share must be between 0 and 1, not {share}")
+        version = self.verify(name)
+        with self._locked():
+            pointer = self._read_pointer()
+            if pointer is None or pointer.version == version.name:
+                raise RegistryError(
+                    f"{version.name} cannot be a canary: it needs a different current version"
+                )
+            canary = Canary(
+                version=version.name, baseline=pointer.version, share=share, started_at=time.time()
+            )
+            _write_atomically(self.canary_file, canary.model_dump_json(indent=2).encode())
+        return canary
+
+    def end_canary(self, status: CanaryStatus, reason: str, figures: dict | None = None) -> Canary:
+        """Decide the running canary: ``promoted`` makes it current (its baseline heads the rollback
+        stack); ``rolled_back`` or ``aborted`` leave the current version serving everything."""
+        with self._locked():
+            canary = self.canary()
+            if canary is None or canary.status != "running":
+                raise RegistryError("no canary is running (`editloop canary status`)")
+            if status == "promoted":
+                self._activate_locked(self.verify(canary.version))
+            decided = canary.model_copy(
+                update={
+                    "status": status,
+                    "decided_at": time.time(),
+                    "reason": reason,
+                    "figures": figures or {},
+                }
+            )
+            _write_atomically(self.canary_file, decided.model_dump_json(indent=2).encode())
+        return decided
 
     def load_verified_current(self) -> ModelVersion:
         """The current version with its files verified; what a server loads at start."""

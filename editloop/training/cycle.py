@@ -83,6 +83,10 @@ class CycleConfig:
     )
     force: bool = field(default=False, metadata={"help": "Publish even when the gate fails (operator)."})
     activate: bool = field(default=True, metadata={"help": "Make a published version current."})
+    canary_share: float = field(
+        default=_setting("canary_share"),
+        metadata={"help": "Serve a published version to this share first (a canary); 0: activate at once."},
+    )
     quants: tuple[str, ...] = field(default=("f16", "q8_0"), metadata={"help": "GGUF files to export."})
     seed: int = field(default=0, metadata={"help": "Seeds training, sampling and the bootstrap."})
 
@@ -289,12 +293,25 @@ class Cycle:
                 abstain_thresholds=thresholds,
             )
         self.state.version = version.name
-        if self.config.activate:
-            self.registry.activate(version.name)
-            if notify is not None:
-                notify(version.name)
+        how = self._release(version.name)
+        if notify is not None and how:
+            notify(version.name)
         forced = "" if report.passed else " (forced past a failed gate)"
-        return self._finish("published", f"published {version.name}{forced}")
+        return self._finish("published", f"published {version.name}{forced}{how}")
+
+    def _release(self, name: str) -> str:
+        """Make the published version current, or start it as a canary; says which."""
+        if not self.config.activate:
+            return ""
+        if self.config.canary_share <= 0:
+            self.registry.activate(name)
+            return ""
+        running = self.registry.running_canary()
+        if running is not None:
+            self.registry.end_canary("aborted", f"superseded by {name}")
+        canary = self.registry.start_canary(name, self.config.canary_share)
+        self.state.reports["canary"] = canary.model_dump()
+        return f"; a canary on {canary.share:.0%} of requests beside {canary.baseline}"
 
     def _gate(
         self, current: ModelVersion, gguf: Path, fim, heldout: list[Sample], value, thresholds: dict

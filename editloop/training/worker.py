@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 import redis
 
+from editloop.errors import EditloopError
 from editloop.feedback import control
+from editloop.feedback.canary import CanaryMonitor, rule_from
 from editloop.feedback.control import CycleBusyError
 from editloop.settings import Settings
 from editloop.training.cycle import Cycle, CycleConfig, CycleState, FeedbackSource, sweep_staging
@@ -41,6 +43,7 @@ def cycle_config(settings: Settings, force: bool = False) -> CycleConfig:
         humaneval_tasks=settings.retrain_humaneval_tasks,
         gate=GateConfig(general_tolerance=settings.retrain_general_tolerance),
         force=force,
+        canary_share=settings.canary_share,
     )
 
 
@@ -63,12 +66,15 @@ class Trainer:
         client: redis.Redis,
         source: Callable[[], FeedbackSource | None],
         pending_events: Callable[[], int] = lambda: 0,
+        canary: CanaryMonitor | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.source = source
         self.pending_events = pending_events
+        self.canary = canary
         self.last_cycle_at = time.time()
+        self.last_canary_check = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, store) -> "Trainer":
@@ -79,7 +85,10 @@ class Trainer:
             names = [p for p in store.projects() if projects is None or p in projects]
             return new_events(store.client, [store.keys.stream(p) for p in names])
 
-        return cls(settings, store.client, lambda: consumer, pending)
+        from editloop.models.registry import Registry
+
+        monitor = CanaryMonitor(Registry(settings.models_dir), store, rule_from(settings))
+        return cls(settings, store.client, lambda: consumer, pending, monitor)
 
     def run_cycle(
         self, reason: str, request: dict | None = None, config: CycleConfig | None = None
@@ -114,10 +123,21 @@ class Trainer:
             return "feedback"
         return None
 
+    def check_canary(self) -> None:
+        """Decide a running canary when its check is due (and the evidence allows)."""
+        if self.canary is None or time.time() - self.last_canary_check < self.settings.canary_check_s:
+            return
+        self.last_canary_check = time.time()
+        try:
+            self.canary.check()
+        except EditloopError as exc:
+            log.error("canary: %s", exc.message)
+
     def serve_forever(self, stop: threading.Event, poll_s: float = 2.0) -> None:
         while not stop.is_set():
             try:
                 control.beat(self.client, ttl_s=max(10, int(poll_s * 5)))
+                self.check_canary()
                 request = control.next_request(self.client, poll_s)
                 reason = "operator" if request else self.due()
             except redis.RedisError as exc:  # the embedded Redis restarting: wait it out

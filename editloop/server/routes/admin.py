@@ -5,7 +5,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from editloop.errors import FeedbackError
-from editloop.feedback import control
+from editloop.feedback import canary, control
 from editloop.server.auth import require_admin, services_of
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
@@ -76,3 +76,32 @@ async def status(request: Request, limit: int = 10) -> dict:
     services = services_of(request)
     cycles = await run_in_threadpool(control.cycle_status, _control_client(request), max(1, min(limit, 50)))
     return {"model": services.models.status(), "current": services.registry.current_name(), **cycles}
+
+
+@router.get("/canary", summary="The canary: arm map, both arms' live figures, the rule's verdict now")
+async def canary_status(request: Request) -> dict:
+    services = services_of(request)
+    store = services.feedback.log.store if services.feedback else None
+    rule = canary.rule_from(services.settings)
+    return await run_in_threadpool(canary.status, services.registry, store, rule)
+
+
+@router.post("/canary/promote", summary="Make the canary current now")
+async def canary_promote(request: Request) -> dict:
+    return await _canary_decision(request, "promote")
+
+
+@router.post("/canary/abort", summary="Stop the canary; the current version serves everything")
+async def canary_abort(request: Request) -> dict:
+    return await _canary_decision(request, "abort")
+
+
+async def _canary_decision(request: Request, action) -> dict:
+    services = services_of(request)
+    _control_client(request)  # needs the feedback log: refuses clearly when it is off
+    assert services.feedback is not None
+    decided = await run_in_threadpool(
+        canary.decide_now, services.registry, services.feedback.log.store, action
+    )
+    await run_in_threadpool(services.models.reload)
+    return decided.model_dump()

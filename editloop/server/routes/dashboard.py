@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from editloop.errors import EditloopError
-from editloop.feedback import control
+from editloop.feedback import canary, control
 from editloop.feedback.stats import FeedbackStats
 from editloop.server.auth import require_user, services_of
 from editloop.server.services import Services
@@ -49,6 +49,7 @@ async def data(
         "models": _models(services),
         "feedback": feedback,
         "cycles": cycles,
+        "canary": await run_in_threadpool(_canary, services),
         "admin_enabled": bool(services.settings.admin_token) or not services.settings.api_tokens,
     }
 
@@ -80,6 +81,19 @@ def _from_redis(
         feedback = {"status": "unavailable", "error": reason, **stats.report(project, since)}
         cycles = {"status": "unavailable", "error": reason}
     return feedback, cycles
+
+
+def _canary(services: Services) -> dict:
+    """The canary's arms side by side (or the last decision); never takes the page down."""
+    store = services.feedback.log.store if services.feedback else None
+    try:
+        return {
+            "status": "ok",
+            **canary.status(services.registry, store, canary.rule_from(services.settings)),
+        }
+    except REDIS_DOWN as exc:
+        log.warning("dashboard: canary figures unreadable: %r", exc)
+        return {"status": "unavailable", "error": str(exc)}
 
 
 def _models(services: Services) -> dict:
