@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "editloop"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"", "errors", "settings", "metrics", "corpus", "sandbox"}),  # "": the package root
+    frozenset({"", "errors", "settings", "metrics", "corpus", "sandbox", "filelock", "clients"}),  # "": root
     frozenset({"models"}),
     frozenset({"completion"}),
     frozenset({"feedback"}),
