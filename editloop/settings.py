@@ -182,6 +182,16 @@ class Settings(BaseSettings):
     retrain_general_tolerance: float = Field(
         default=0.02, ge=0, le=1, description="Largest general-code drop the gate lets through."
     )
+    retrain_checkpoints: int = Field(
+        default=4,
+        ge=1,
+        le=20,
+        description="Points along SFT the gate scores (every 1/N of its steps); the best passing one wins.",
+    )
+    retrain_blends: list[float] = Field(
+        default=[0.5],
+        description="Also score the last point with its LoRA update scaled by each of these (0..1).",
+    )
 
     # Canary: a version that passed the gate serves a share of requests until live feedback decides
     canary_share: float = Field(
@@ -232,6 +242,13 @@ class Settings(BaseSettings):
     @classmethod
     def _positive_horizons(cls, horizons: list[float]) -> list[float]:
         return positive_horizons(horizons)
+
+    @field_validator("retrain_blends")
+    @classmethod
+    def _blends_are_shares(cls, blends: list[float]) -> list[float]:
+        if any(not 0 < b < 1 for b in blends):
+            raise ValueError("every blend is a share of the LoRA update, between 0 and 1 (exclusive)")
+        return blends
 
     @field_validator("home")
     @classmethod

@@ -34,6 +34,8 @@ CYCLE = CycleConfig(
     device="cpu",
     gate=GateConfig(bootstrap=300, max_samples=60),
     canary_share=0.0,  # these tests are about publishing and swapping; tests/test_canary.py has the canary
+    checkpoints=2,  # the gate scores SFT at half and at the end, then GRPO's result
+    blends=[],
 )
 
 
@@ -93,6 +95,12 @@ def test_replayed_feedback_yields_a_gated_version_the_server_swaps_to(replayed_h
     gate = state.reports["gate"]
     assert gate["passed"]
     assert gate["feedback"]["edit_similarity"]["low"] > 0
+    # Every point of the path was scored like the gate; the published one is the best that passed.
+    path = state.reports["trajectory"]
+    assert [p["label"] for p in path] == ["sft 75/150", "sft 150/150", "grpo"]
+    chosen = [p for p in path if p["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["passed"] and chosen[0]["label"] == gate["checkpoint"]
+    assert chosen[0]["heldout_gain"]["delta"] == max(p["heldout_gain"]["delta"] for p in path if p["passed"])
     version = Registry(settings.models_dir).get(state.version)
     assert version.manifest.parent == state.parent and version.manifest.kind == "retrain"
     assert version.manifest.metrics["gate"]["passed"]
@@ -108,6 +116,8 @@ TRAINING_ENV = {
     "EDITLOOP_RETRAIN_MIN_EVENTS": "0",
     "EDITLOOP_RETRAIN_GENERAL_MIX": "0",
     "EDITLOOP_CANARY_SHARE": "0",
+    "EDITLOOP_RETRAIN_CHECKPOINTS": "2",
+    "EDITLOOP_RETRAIN_BLENDS": "[]",
 }
 
 

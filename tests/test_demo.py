@@ -24,6 +24,8 @@ def test_demo_measures_the_held_out_split_before_and_after_a_cycle(
         retrain_general_samples=10,
         retrain_min_samples=10,
         retrain_device="cpu",
+        retrain_checkpoints=2,
+        retrain_blends=[],
     )
     repo = Path(sysconfig.get_paths()["stdlib"]) / "json"
     result = run_demo(
@@ -31,8 +33,11 @@ def test_demo_measures_the_held_out_split_before_and_after_a_cycle(
     )
     (cycle,) = result["cycles"]
     assert cycle["status"] == "published", cycle["message"]
-    before, after = result["rows"]
+    before, after, *by_value = result["rows"]  # after the cycle: ranked by log-prob, then by value
     assert before["model_version"] == tiny_version.name and after["model_version"] == cycle["version"]
+    assert after["ranker"] == "logprob"
+    value_published = cycle["reports"]["value"]["published"]
+    assert [r["ranker"] for r in by_value] == (["value"] if value_published else [])
     assert before["split"] == after["split"] == "heldout"
     assert before["requests"] == after["requests"] > 0
     # The feedback of the held-out replays went to their own project, never to the training data.

@@ -66,7 +66,8 @@ def humaneval_infill(
 
     _at_least_one("--limit", limit)
     _at_least_one("--workers", workers)
-    if mode is not None and mode not in get_args(Mode):
+    modes: dict[str, Mode] = {m: m for m in get_args(Mode)}
+    if mode is not None and mode not in modes:
         raise BadRequestError(f"--mode must be line, block or auto, got {mode!r}")
     tasks = load_tasks(data, limit)
     sandbox = open_sandbox(unsafe_no_sandbox)
@@ -76,7 +77,7 @@ def humaneval_infill(
             infiller,
             tasks,
             sandbox,
-            mode=mode,  # type: ignore[arg-type]  # checked against Mode above
+            mode=modes[mode] if mode is not None else None,
             workers=workers,
             progress=lambda _: bar.advance(job),
         )

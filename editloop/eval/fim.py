@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from editloop.completion.engine import CompletionEngine
-from editloop.completion.types import CompletionRequest
+from editloop.completion.types import CompletionRequest, ResolvedMode
 from editloop.corpus import SourceFile, load_corpus
 from editloop.eval.engine import top_text
 from editloop.metrics import edit_similarity, exact_match
@@ -29,7 +29,7 @@ Kind = Literal["single-line", "multi-line"]
 KINDS: tuple[Kind, ...] = ("single-line", "multi-line")
 MIN_TARGET_CHARS = 3
 MULTI_LINES = (2, 4)  # hidden lines of a multi-line task, inclusive
-MODES = {"single-line": "line", "multi-line": "block"}
+MODES: dict[Kind, ResolvedMode] = {"single-line": "line", "multi-line": "block"}
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def complete_task(engine: CompletionEngine, task: FimTask) -> str:
         suffix=task.suffix,
         language=task.language,
         filepath=task.path,
-        mode=MODES[task.kind],  # type: ignore[arg-type]
+        mode=MODES[task.kind],
         n=1,
         temperature=0.0,
     )

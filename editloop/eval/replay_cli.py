@@ -19,6 +19,9 @@ from editloop.eval.replay_http import HttpEditor, run_key
 from editloop.eval.replay_tasks import Split, TypingTask, commit_tasks, file_tasks
 from editloop.settings import Settings, load_settings
 
+VIAS: dict[str, Literal["http", "lsp"]] = {"http": "http", "lsp": "lsp"}
+SPLITS: dict[str, Split] = {"train": "train", "heldout": "heldout", "all": "all"}
+
 
 def load_tasks(
     path: Path, files: str | None, commits: str | None, split: Split, ratio: float
@@ -131,13 +134,15 @@ def replay_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Type real code like a developer through the LSP or HTTP path; report what completions saved."""
-    if via not in ("http", "lsp"):
+    editor_path = VIAS.get(via)
+    if editor_path is None:
         raise BadRequestError(f"--via must be http or lsp, not {via!r}")
     if ranker not in (None, "logprob", "value"):
         raise BadRequestError(f"--ranker must be logprob or value, not {ranker!r}")
-    if split not in ("train", "heldout", "all"):
+    which = SPLITS.get(split)
+    if which is None:
         raise BadRequestError(f"--split must be train, heldout or all, not {split!r}")
-    tasks = load_tasks(path, files, commits, split, ratio)  # type: ignore[arg-type]
+    tasks = load_tasks(path, files, commits, which, ratio)
     config = ReplayConfig(
         seed=seed,
         partial_accept=partial,
@@ -148,7 +153,7 @@ def replay_command(
         load_settings(),
         tasks,
         config,
-        via=via,  # type: ignore[arg-type]
+        via=editor_path,
         split=split,
         project=project,
         server=server,

@@ -49,8 +49,14 @@ class ExportResult:
     skipped: dict[str, str] = field(default_factory=dict)  # quant name → why it was not written
 
 
-def load_hf(hf_dir: Path, adapter_dir: Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model in fp32 with any LoRA adapter merged in, and its tokenizer."""
+def load_hf(
+    hf_dir: Path, adapter_dir: Path | None = None, adapter_scale: float = 1.0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model in fp32 with any LoRA adapter merged in, and its tokenizer.
+
+    ``adapter_scale`` < 1 merges that share of the adapter's update: a blend of the fine-tuned model
+    with the one it started from.
+    """
     if not (hf_dir / "config.json").is_file():
         raise ModelError(f"{hf_dir} is not a transformers checkpoint (no config.json)")
     try:
@@ -63,7 +69,14 @@ def load_hf(hf_dir: Path, adapter_dir: Path | None = None) -> tuple[PreTrainedMo
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        peft = PeftModel.from_pretrained(model, adapter_dir)
+        if adapter_scale != 1.0:
+            for module in peft.modules():
+                scaling = getattr(module, "scaling", None)
+                if isinstance(scaling, dict):  # a LoRA layer: update = scaling[name] · B A
+                    for name in scaling:
+                        scaling[name] *= adapter_scale
+        model = peft.merge_and_unload()
     return model.eval(), tokenizer
 
 

@@ -112,9 +112,11 @@ def stage_checkpoint(
     adapter_dir: Path | None = None,
     quants: tuple[str, ...] = DEFAULT_QUANTS,
     threads: int = 2,
+    adapter_scale: float = 1.0,
 ) -> Iterator[StagedCheckpoint]:
-    """Merge, export and verify into staging; the staging is discarded unless published inside."""
-    model, tokenizer = load_hf(hf_dir, adapter_dir)
+    """Merge (``adapter_scale`` of the adapter's update), export and verify into staging; the
+    staging is discarded unless published inside."""
+    model, tokenizer = load_hf(hf_dir, adapter_dir, adapter_scale=adapter_scale)
     with registry.stage() as staging:
         exported, checks = export_verified(model, tokenizer, staging, quants, threads)
         model.save_pretrained(staging / "hf", safe_serialization=True)

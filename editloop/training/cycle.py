@@ -28,13 +28,14 @@ from editloop.completion.value import ValueModel
 from editloop.errors import EditloopError, ModelError
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings
-from editloop.training.dataset import Dataset, DatasetConfig, FeedbackArchive, Sample, build_dataset
-from editloop.training.gate import GateConfig, GateReport
+from editloop.training.dataset import Dataset, DatasetConfig, FeedbackArchive, build_dataset
+from editloop.training.gate import GateConfig, gate_samples, score
+from editloop.training.selection import Checkpoint, Trajectory, WarmStarts, refusal, walk, warm_start
 from editloop.training.value import calibrate_threshold, evaluate, logprob_scores, train_value_model
 
 log = logging.getLogger(__name__)
 
-STAGES = ("snapshot", "dataset", "sft", "grpo", "value", "export", "gate", "publish")
+STAGES = ("snapshot", "dataset", "sft", "grpo", "value", "gate", "export", "publish")
 
 
 class CycleError(EditloopError):
@@ -54,6 +55,8 @@ FROM_SETTINGS = {
     "general_samples": "retrain_general_samples",
     "humaneval_tasks": "retrain_humaneval_tasks",
     "canary_share": "canary_share",
+    "checkpoints": "retrain_checkpoints",
+    "blends": "retrain_blends",
 }
 
 
@@ -100,6 +103,16 @@ class CycleConfig:
     canary_share: float = field(
         default=_setting("canary_share"),
         metadata={"help": "Serve a published version to this share first (a canary); 0: activate at once."},
+    )
+    checkpoints: int = field(
+        default=_setting("checkpoints"),
+        metadata={
+            "help": "Points along SFT the gate scores (every 1/N of the steps); the best passing one wins."
+        },
+    )
+    blends: list[float] = field(
+        default_factory=lambda: list(_setting("blends")),
+        metadata={"help": "Also score the last point with its LoRA update scaled by each of these."},
     )
     quants: tuple[str, ...] = field(default=("f16", "q8_0"), metadata={"help": "GGUF files to export."})
     seed: int = field(default=0, metadata={"help": "Seeds training, sampling and the bootstrap."})
@@ -171,6 +184,7 @@ class Cycle:
         self.dir = settings.runs_dir / self.state.cycle_id
         self.on_state = on_state
         self.archive = FeedbackArchive(settings.home / "training" / "feedback.jsonl")
+        self.warm_starts = WarmStarts(settings.home / "training" / "warm_start")
 
     def _enter(self, stage: str, message: str = "") -> None:
         self.state.stage = stage
@@ -223,12 +237,12 @@ class Cycle:
             return self._finish(
                 "skipped", f"{len(data.sft_train)} training samples; a cycle needs {self.config.min_samples}"
             )
-        adapter, training = self._train(current, data)
+        checkpoints, training = self._train(current, data)
         self.state.reports.update(training)
         self._enter("value", "training the value model, calibrating when to abstain")
         value_model, self.state.reports["value"] = train_value(data)
         thresholds, self.state.reports["abstain"] = calibrate(data, value_model, self._default_threshold())
-        return self._export_gate_publish(current, data, adapter, value_model, thresholds, notify)
+        return self._choose_and_publish(current, data, checkpoints, value_model, thresholds, notify)
 
     def _default_threshold(self) -> float:
         return (
@@ -237,7 +251,9 @@ class Cycle:
             else DEFAULT_ABSTAIN_THRESHOLD
         )
 
-    def _train(self, current: ModelVersion, data: Dataset) -> tuple[Path, dict]:
+    def _train(self, current: ModelVersion, data: Dataset) -> tuple[list[Checkpoint], dict]:
+        """SFT (then GRPO) from the current version, or from a refused cycle's warm start; every
+        point of the path the gate may choose from."""
         from editloop.training.grpo import GrpoConfig, run_grpo
         from editloop.training.rewards.combined import CombinedReward
         from editloop.training.runtime import LoraSettings
@@ -248,7 +264,10 @@ class Cycle:
         rows = [asdict(s) for s in data.sft_train]
         rehearsal = general_rows(int(len(rows) * self.config.general_mix), self.config.seed)
         lora = LoraSettings(rank=self.config.lora_rank)
-        self._enter("sft", f"SFT on {len(rows)} feedback samples + {len(rehearsal)} general-code rows")
+        warm = self.warm_starts.load(current.name)
+        reports: dict = {"warm_start": warm.label if warm else None}
+        start = f", continuing {warm.label} of a refused cycle" if warm else ""
+        self._enter("sft", f"SFT on {len(rows)} feedback samples + {len(rehearsal)} general-code rows{start}")
         sft = run_sft(
             base,
             rows + rehearsal,
@@ -260,10 +279,15 @@ class Cycle:
                 lora=lora,
                 device=self.config.device,  # type: ignore[arg-type]
                 seed=self.config.seed,
+                snapshot_every=self.config.sft_steps // self.config.checkpoints
+                if self.config.checkpoints > 1
+                else 0,
             ),
+            adapter_dir=warm.adapter if warm else None,
         )
-        reports = {"sft": sft.to_dict()}
-        adapter = sft.adapter_dir
+        reports["sft"] = sft.to_dict()
+        points = [Checkpoint(f"sft {s}/{sft.steps}", Path(p), s) for s, p in sorted(sft.snapshots.items())]
+        points.append(Checkpoint(f"sft {sft.steps}/{sft.steps}", sft.adapter_dir, sft.steps))
         if self.config.grpo_steps > 0:
             self._enter("grpo", f"GRPO on {len(rows)} prompts")
             grpo = run_grpo(
@@ -278,17 +302,18 @@ class Cycle:
                     device=self.config.device,  # type: ignore[arg-type]
                     seed=self.config.seed,
                 ),
-                adapter_dir=adapter,
+                adapter_dir=sft.adapter_dir,
             )
             reports["grpo"] = grpo.to_dict()
-            adapter = grpo.adapter_dir
-        return adapter, reports
+            points.append(Checkpoint("grpo", grpo.adapter_dir, sft.steps + grpo.steps))
+        points += [points[-1].blended(scale) for scale in self.config.blends]
+        return points, reports
 
-    def _export_gate_publish(
+    def _choose_and_publish(
         self,
         current: ModelVersion,
         data: Dataset,
-        adapter: Path,
+        checkpoints: list[Checkpoint],
         value_model: ValueModel | None,
         thresholds: dict[str, float],
         notify: Callable[[str], None] | None,
@@ -297,31 +322,78 @@ class Cycle:
 
         base = current.hf_path()
         assert base is not None
-        self._enter("export", "merging the adapter and exporting GGUF")
-        with stage_checkpoint(self.registry, base, adapter, self.config.quants) as staged:
+        self._enter("gate", f"scoring {len(checkpoints)} checkpoints against {current.name}")
+        path = self._walk(current, base, data, checkpoints, value_model, thresholds)
+        self.state.reports["trajectory"] = path.points
+        index = path.chosen if path.chosen is not None or not self.config.force else path.best_effort
+        if index is None:
+            kept = warm_start(path, checkpoints)
+            self.warm_starts.save(current.name, kept, self.state.cycle_id)
+            self.state.reports["gate"] = path.reports[-1].to_dict() if path.reports else {}
+            tolerance = self.config.gate.general_tolerance
+            message = refusal(path, tolerance) + (f"; the next cycle continues {kept.label}" if kept else "")
+            return self._finish("rejected", message)
+        chosen, report = checkpoints[index], path.reports[index]
+        self.state.reports["gate"] = report.to_dict() | {"checkpoint": chosen.label}
+        self._enter("export", f"merging {chosen.label} and exporting GGUF")
+        with stage_checkpoint(
+            self.registry, base, chosen.adapter, self.config.quants, adapter_scale=chosen.scale
+        ) as staged:
             if value_model is not None:
                 value_model.save(staged.path)
-            self._enter("gate", f"gating against {current.name}")
-            files = staged.exported.files
-            gguf = files.get("q8_0") or next(iter(files.values()))
-            report = self._gate(current, gguf, staged.exported.fim, data.sft_heldout, value_model, thresholds)
-            self.state.reports["gate"] = report.to_dict()
-            if not report.passed and not self.config.force:
-                return self._finish("rejected", "gate: " + "; ".join(report.reasons))
             self._enter("publish", "publishing")
             version = staged.publish(
                 kind="retrain",
                 parent=current.name,
-                training_data={"cycle": self.state.cycle_id, **self.state.reports.get("dataset", {})},
+                training_data={
+                    "cycle": self.state.cycle_id,
+                    "checkpoint": chosen.label,
+                    **self.state.reports.get("dataset", {}),
+                },
                 metrics={k: v for k, v in self.state.to_dict()["reports"].items() if k != "dataset"},
                 abstain_thresholds=thresholds,
             )
+        self.warm_starts.clear()
         self.state.version = version.name
         how = self._release(version.name)
-        if notify is not None and how:
+        if notify is not None and self.config.activate:
             notify(version.name)
         forced = "" if report.passed else " (forced past a failed gate)"
-        return self._finish("published", f"published {version.name}{forced}{how}")
+        return self._finish("published", f"published {version.name} from {chosen.label}{forced}{how}")
+
+    def _walk(
+        self,
+        current: ModelVersion,
+        base: Path,
+        data: Dataset,
+        checkpoints: list[Checkpoint],
+        value_model: ValueModel | None,
+        thresholds: dict[str, float],
+    ) -> Trajectory:
+        """Score the current version once, then every checkpoint against it."""
+        from editloop.completion.served import load_served
+        from editloop.models.llama import LlamaBackend
+
+        threads = self.settings.model_threads or None
+        samples = gate_samples(data.sft_heldout, self.config.gate)
+        general = self._general_checks()
+        served = load_served(current, LlamaBackend.from_version(current, n_threads=threads))
+        try:
+            before = score(served, samples, judge=value_model, general=general)
+        finally:
+            served.close()
+        return walk(
+            base,
+            checkpoints,
+            before,
+            samples,
+            general,
+            self.config.gate,
+            self.dir / "points",
+            value=value_model,
+            thresholds=thresholds,
+            threads=threads,
+        )
 
     def _release(self, name: str) -> str:
         """Make the published version current, or start it as a canary; says which."""
@@ -336,30 +408,6 @@ class Cycle:
         canary = self.registry.start_canary(name, self.config.canary_share)
         self.state.reports["canary"] = canary.model_dump()
         return f"; a canary on {canary.share:.0%} of requests beside {canary.baseline}"
-
-    def _gate(
-        self, current: ModelVersion, gguf: Path, fim, heldout: list[Sample], value, thresholds: dict
-    ) -> GateReport:
-        from editloop.completion.served import assemble, load_served
-        from editloop.models.llama import LlamaBackend
-        from editloop.training.gate import run_gate
-
-        threads = self.settings.model_threads or None
-        # Both as the server would serve them: the current version with its own value model, the
-        # candidate with the one this cycle trained.
-        old = load_served(current, LlamaBackend.from_version(current, n_threads=threads))
-        new = assemble(LlamaBackend(gguf, fim, "candidate", n_threads=threads), value, thresholds)
-        try:
-            return run_gate(
-                old,
-                new,
-                heldout,
-                self.config.gate,
-                general=self._general_checks(),
-            )
-        finally:
-            old.close()
-            new.close()
 
     def _general_checks(self) -> list:
         if not self.config.general_checks:

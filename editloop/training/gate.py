@@ -123,6 +123,54 @@ def _compare(current: dict[str, list[float]], candidate: dict[str, list[float]],
     return table
 
 
+@dataclass
+class Scores:
+    """One model's per-item scores on the gate's held-out feedback samples and general-code tasks."""
+
+    version: str
+    samples: int
+    feedback: dict[str, list[float]]
+    general: dict[str, list[float]]
+
+
+def gate_samples(heldout: list[Sample], config: GateConfig) -> list[Sample]:
+    """The held-out feedback samples every model of one cycle is scored on (a seeded choice)."""
+    return random.Random(config.seed).sample(heldout, min(len(heldout), config.max_samples))
+
+
+def score(
+    served: ServedModel,
+    samples: list[Sample],
+    *,
+    judge: ValueModel | None = None,
+    general: Sequence[GeneralCheck] = (),
+) -> Scores:
+    """``served`` as it would serve (its own ranker and threshold), on the samples and general tasks."""
+    engine = engine_for(served)
+    general_table: dict[str, list[float]] = {}
+    for check in general:
+        general_table.update(check(engine))
+    return Scores(
+        served.version, len(samples), feedback_scores(engine, served, samples, judge), general_table
+    )
+
+
+def judge(current: Scores, candidate: Scores, config: GateConfig) -> GateReport:
+    """The candidate against the current version, item by item, with paired-bootstrap intervals."""
+    feedback = _compare(current.feedback, candidate.feedback, config)
+    general_table = _compare(current.general, candidate.general, config)
+    reasons = _decide(feedback, general_table, config, candidate.samples)
+    return GateReport(
+        passed=not reasons,
+        reasons=reasons or ["held-out edit similarity improved beyond noise; general code within tolerance"],
+        current_version=current.version,
+        candidate_version=candidate.version,
+        samples=candidate.samples,
+        feedback=feedback,
+        general=general_table,
+    )
+
+
 def run_gate(
     current: ServedModel,
     candidate: ServedModel,
@@ -132,26 +180,10 @@ def run_gate(
     general: Sequence[GeneralCheck] = (),
 ) -> GateReport:
     """Both as served (each with its own ranker and threshold), on the same held-out samples."""
-    samples = random.Random(config.seed).sample(heldout, min(len(heldout), config.max_samples))
-    judge = candidate.value_model()
-    engines = engine_for(current), engine_for(candidate)
-    before, after = (
-        feedback_scores(e, s, samples, judge) for e, s in zip(engines, (current, candidate), strict=True)
-    )
-    feedback = _compare(before, after, config)
-    general_table: dict = {}
-    for check in general:
-        general_table.update(_compare(check(engines[0]), check(engines[1]), config))
-    reasons = _decide(feedback, general_table, config, len(samples))
-    return GateReport(
-        passed=not reasons,
-        reasons=reasons or ["held-out edit similarity improved beyond noise; general code within tolerance"],
-        current_version=current.version,
-        candidate_version=candidate.version,
-        samples=len(samples),
-        feedback=feedback,
-        general=general_table,
-    )
+    samples = gate_samples(heldout, config)
+    referee = candidate.value_model()
+    before, after = (score(m, samples, judge=referee, general=general) for m in (current, candidate))
+    return judge(before, after, config)
 
 
 def _decide(feedback: dict, general: dict, config: GateConfig, samples: int) -> list[str]:

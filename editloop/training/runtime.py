@@ -138,6 +138,26 @@ class TimeBudget(TrainerCallback):
             self.stopped_early = True
 
 
+class Snapshots(TrainerCallback):
+    """Saves the adapter every ``every`` steps into ``directory/step-N``: points a cycle can choose."""
+
+    def __init__(self, directory: Path, every: int) -> None:
+        self.directory = directory
+        self.every = every
+        self.saved: dict[int, Path] = {}
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        step = state.global_step
+        if self.every <= 0 or step % self.every or step >= state.max_steps or not state.is_world_process_zero:
+            return
+        model = kwargs.get("model")
+        if model is not None:
+            model.save_pretrained(self.directory / f"step-{step}")
+            self.saved[step] = self.directory / f"step-{step}"
+
+
 def train_and_save(trainer: Any, adapter_dir: Path) -> float:
     """Run a TRL trainer to its end and save its adapter; the seconds training took."""
     from transformers import PrinterCallback

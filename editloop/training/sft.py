@@ -22,6 +22,7 @@ from editloop.training.prompts import FimExample, HfPromptTokenizer, completion_
 from editloop.training.runtime import (
     AdapterRunConfig,
     RunReport,
+    Snapshots,
     TimeBudget,
     last_value,
     load_causal_lm,
@@ -46,6 +47,9 @@ class SftConfig(AdapterRunConfig):
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed for data order and adapter initialisation."})
+    snapshot_every: int = field(
+        default=0, metadata={"help": "Also save the adapter every this many steps (0: only at the end)."}
+    )
 
 
 @dataclass
@@ -61,6 +65,7 @@ class SftReport(RunReport):
     first_loss: float | None
     final_loss: float | None
     stopped_early: bool  # max_minutes ran out before max_steps
+    snapshots: dict[int, str] = field(default_factory=dict)  # step → adapter saved at that step
 
 
 def sft_rows(
@@ -107,13 +112,14 @@ def run_sft(
     device = resolve_device(config.device)
     metrics = StepMetrics.for_run(out_dir, metrics_path, config.tensorboard, "sft", console)
     budget = TimeBudget(config.max_minutes * 60 if config.max_minutes else None)
+    snapshots = Snapshots(out_dir / "snapshots", config.snapshot_every)
     trainer = SFTTrainer(
         model=with_adapter(load_causal_lm(base_dir, device), adapter_dir),
         args=_trl_config(config, out_dir, device),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokens.tokenizer,
         peft_config=config.lora.peft_config() if adapter_dir is None else None,
-        callbacks=[metrics, budget],
+        callbacks=[metrics, budget, snapshots],
     )
     seconds = train_and_save(trainer, out_dir / "adapter")
     steps = trainer.state.global_step
@@ -130,6 +136,7 @@ def run_sft(
         first_loss=losses[0] if losses else None,
         final_loss=last_value(metrics.rows, "loss"),
         stopped_early=budget.stopped_early,
+        snapshots={step: str(path) for step, path in snapshots.saved.items()},
     )
 
 
