@@ -48,6 +48,7 @@ class ModelManager:
         self._failed_version: str | None = None  # not retried until the registry points elsewhere
         self.swaps = 0
         self.failed_swaps = 0
+        self.fallback: dict | None = None  # {"from", "to", "reason"} while an older version stands in
 
     @property
     def version(self) -> str | None:
@@ -78,14 +79,40 @@ class ModelManager:
             try:
                 version = self.registry.load_verified_current()
                 if version.name == self.version:
+                    if self.fallback is not None:  # the stand-in became current: all is well again
+                        log.info("%s is the current version now; the fallback is over", version.name)
+                        self.fallback, self.last_error, self._failed_version = None, None, None
                     return False
                 backend = self._load(version)
             except EditloopError as exc:
                 self._failed_version = self.registry.current_name()
                 self._failed(str(exc.message))
-                return False
+                return self._slot is None and self._fall_back(str(exc.message))
             self._swap(backend)
             return True
+
+    def _fall_back(self, reason: str) -> bool:
+        """Nothing serves and the current version cannot: serve the newest earlier one that verifies
+        and validates, and say so (log, ``status()["fallback"]``) until the registry is repaired."""
+        broken = self._failed_version
+        for name in self.registry.fallbacks():
+            try:
+                backend = self._load(self.registry.verify(name))
+            except EditloopError as exc:
+                log.error("fallback %s cannot serve either: %s", name, exc.message)
+                continue
+            self._swap(backend)
+            self.last_error, self._failed_version = reason, broken
+            self.fallback = {"from": broken, "to": name, "reason": reason}
+            log.error(
+                "current version %s cannot serve; serving %s instead until it is repaired or another "
+                "version is activated (`editloop models activate`): %s",
+                broken,
+                name,
+                reason,
+            )
+            return True
+        return False
 
     def _load(self, version: ModelVersion) -> Backend:
         started = time.monotonic()
@@ -109,6 +136,7 @@ class ModelManager:
         self.swaps += 1
         self.last_error = None
         self._failed_version = None
+        self.fallback = None
         log.info("now serving %s", backend.version)
 
     def _failed(self, reason: str) -> None:
@@ -125,7 +153,8 @@ class ModelManager:
     def _watch(self, poll_s: float) -> None:
         while not self._stop.wait(poll_s):
             pointer = self.registry.current_name()
-            if pointer is not None and pointer not in (self.version, self._failed_version):
+            stale = pointer != self.version or self.fallback is not None
+            if pointer is not None and stale and pointer != self._failed_version:
                 self.reload()
 
     def close(self) -> None:
@@ -143,6 +172,7 @@ class ModelManager:
             "last_error": self.last_error,
             "swaps": self.swaps,
             "failed_swaps": self.failed_swaps,
+            "fallback": self.fallback,
         }
 
 

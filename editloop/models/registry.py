@@ -37,7 +37,7 @@ from typing import Any
 import gguf
 from pydantic import BaseModel, ValidationError
 
-from editloop.errors import CorruptVersionError, ModelError, RegistryError, UnknownVersionError
+from editloop.errors import CorruptVersionError, ModelError, RegistryError, UnknownVersionError, quoted
 from editloop.models.fim import SPM_GGUF_KEY, FimTemplate, detect_template
 
 KINDS = ("starter", "import", "export", "retrain")
@@ -45,7 +45,8 @@ MANIFEST = "manifest.json"
 CURRENT_ALIAS = "current"
 # Preferred when a caller asks for "the" GGUF: q8_0 is near-lossless at half the size of f16.
 PREFERRED_QUANTS = ("q8_0", "f16")
-_VERSION_NAME = re.compile(r"v([1-9][0-9]*)")
+# Bounded: a 5,000-digit name would overflow int() and the file system's name limit.
+_VERSION_NAME = re.compile(r"v([1-9][0-9]{0,8})")
 _NO_MODEL_HINT = "run `editloop bootstrap-model` or `editloop models import GGUF`"
 
 
@@ -182,12 +183,19 @@ class Registry:
         path = self.versions_dir / name
         if not _VERSION_NAME.fullmatch(name) or not path.is_dir():
             known = ", ".join(self._version_names()) or f"none yet; {_NO_MODEL_HINT}"
-            raise UnknownVersionError(f"no model version {name!r}; known versions: {known}")
+            raise UnknownVersionError(f"no model version {quoted(name)}; known versions: {known}")
         return ModelVersion(name, path, _read_manifest(path, name))
 
     def verify(self, name: str) -> ModelVersion:
-        """The version, after checking every file in its manifest exists with the recorded sha256."""
+        """The version, after checking every file in its manifest exists with the recorded sha256.
+
+        A symlink anywhere inside the version is refused, as ``publish`` refuses one: it could
+        lead a loader (or an error message) to a file outside the version.
+        """
         version = self.get(name)
+        linked = _first_symlink(version.path)
+        if linked is not None:
+            raise _corrupt(version, f"{linked} is a symlink")
         for rel, expected in version.manifest.files.items():
             path = version.path / rel
             if not path.is_file():
@@ -234,6 +242,19 @@ class Registry:
             version = self.verify(pointer.previous[0])
             self._write_pointer(_Pointer(version=version.name, previous=pointer.previous[1:]))
         return version
+
+    def fallbacks(self) -> list[str]:
+        """What may serve when the current version cannot: the versions active before it (the
+        rollback stack, latest first), then any older ones, newest first."""
+        try:
+            pointer = self._read_pointer()
+        except RegistryError:
+            pointer = None
+        if pointer is None or not _VERSION_NAME.fullmatch(pointer.version):
+            return []
+        below = _version_number(pointer.version)
+        older = [n for n in reversed(self._version_names()) if _version_number(n) < below]
+        return [n for n in dict.fromkeys([*pointer.previous, *older]) if n != pointer.version]
 
     def load_verified_current(self) -> ModelVersion:
         """The current version with its files verified; what a server loads at start."""
@@ -323,8 +344,10 @@ class Registry:
         except FileNotFoundError:
             return None
         except (OSError, ValidationError) as exc:
+            # Not the ValidationError's text: it quotes the file, which may be anything.
+            why = exc.strerror if isinstance(exc, OSError) else "not a version pointer"
             raise RegistryError(
-                f"{self.pointer_file} is unreadable ({exc}); "
+                f"{self.pointer_file} is unreadable ({why}); "
                 "run `editloop models activate VERSION` to rewrite it"
             ) from exc
 
@@ -355,12 +378,30 @@ def _corrupt(version: ModelVersion, problem: str) -> CorruptVersionError:
     )
 
 
+def _first_symlink(root: Path) -> str | None:
+    """The first symlink under ``root`` (relative), or None; the walk never follows one."""
+    for directory, dirs, files in os.walk(root):
+        for entry in (*dirs, *files):
+            if (Path(directory) / entry).is_symlink():
+                return (Path(directory) / entry).relative_to(root).as_posix()
+    return None
+
+
 def _read_manifest(path: Path, name: str) -> Manifest:
+    manifest_path = path / MANIFEST
     try:
-        manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
-    except (OSError, ValidationError) as exc:
+        if manifest_path.is_symlink():
+            raise CorruptVersionError(f"model version {name}'s {MANIFEST} is a symlink; delete {path}")
+        manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+    except OSError as exc:
         raise CorruptVersionError(
-            f"model version {name} has no readable {MANIFEST} ({exc}); delete {path} or re-publish it"
+            f"model version {name} has no readable {MANIFEST} ({exc.strerror}); "
+            f"delete {path} or re-publish it"
+        ) from exc
+    except ValidationError as exc:  # its message quotes the input: a file's content must not travel
+        fields = ", ".join(".".join(map(str, e["loc"])) or "the document" for e in exc.errors()[:5])
+        raise CorruptVersionError(
+            f"model version {name} has an invalid {MANIFEST} ({fields}); delete {path} or re-publish it"
         ) from exc
     referenced = [*manifest.gguf.values(), *filter(None, [manifest.tokenizer])]
     unlisted = [rel for rel in referenced if rel not in manifest.files]
