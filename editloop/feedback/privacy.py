@@ -264,6 +264,7 @@ def _plausible_secret(value: str, line: str, quoted: bool) -> bool:
         or value.lower() in CODE_WORDS
         or any(c in CODE_CHARS for c in value)
         or re.fullmatch(r"[A-Za-z_][A-Za-z_.]*|[0-9.]+", value)
+        or (re.fullmatch(r"[A-Za-z_]\w*_\w*", value) is not None and _wordy(value))  # token_ids_0
     )
 
 
