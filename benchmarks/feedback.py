@@ -213,7 +213,7 @@ def main() -> None:
         home, port = Path(tmp), free_port()
         process = serve(home, port)
         try:
-            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["feedback"]
+            health = httpx.get(f"http://127.0.0.1:{port}/health/detail", timeout=10).json()["feedback"]
             asyncio.run(load(port, "warmup", 1, 8, 1.0))
             with CpuMeter(process.pid) as meter:
                 floor = asyncio.run(load(port, "floor", 0, args.connections, args.seconds))

@@ -105,3 +105,16 @@ class SandboxUnavailableError(SandboxError):
     """No sandbox can run here (bubblewrap missing or refused); editloop will not run code unconfined."""
 
     code = "sandbox_unavailable"
+
+
+def quoted(text: object, limit: int = 80) -> str:
+    """Client text as it may appear in a message or a log line: escaped (a newline cannot forge a
+    line) and cut to ``limit`` characters.
+
+    >>> quoted("py\\nINFO forged"), quoted("x" * 100, limit=4)
+    ("'py\\\\nINFO forged'", "'xxxx'… (100 chars)")
+    """
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} chars)"

@@ -237,6 +237,11 @@ class Settings(BaseSettings):
         description="Quiet seconds before what a user wrote in place of a completion counts.",
     )
     lsp_telemetry: bool = Field(default=True, description="Send the editor's feedback events; false: none.")
+    lsp_max_message_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest LSP message `editloop lsp` reads (a bigger one is skipped, with a log line).",
+    )
 
     @field_validator("lsp_retention_horizons_s")
     @classmethod
@@ -249,6 +254,26 @@ class Settings(BaseSettings):
         if any(not 0 < b < 1 for b in blends):
             raise ValueError("every blend is a share of the LoRA update, between 0 and 1 (exclusive)")
         return blends
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _no_blank_tokens(cls, tokens: list[str]) -> list[str]:
+        # An unset shell variable in EDITLOOP_API_TOKENS='["$TOKEN"]' arrives as "": were it kept,
+        # an empty X-Api-Key would pass and the server would think itself protected.
+        if any(not t.strip() for t in tokens):
+            raise ValueError(
+                "a token is empty or blank (an unset shell variable?): remove it or give it a value"
+            )
+        return tokens
+
+    @field_validator("admin_token", "lsp_token")
+    @classmethod
+    def _no_blank_token(cls, token: str | None) -> str | None:
+        if token is not None and not token.strip():
+            raise ValueError(
+                "the token is empty or blank (an unset shell variable?): unset it or give it a value"
+            )
+        return token
 
     @field_validator("home")
     @classmethod

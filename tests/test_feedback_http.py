@@ -112,7 +112,7 @@ def test_the_spool_takes_events_while_redis_is_down_and_replays_them(server, red
     assert reply.status_code == 202 and reply.json()["spooled"] == 50
     spool = tmp_path / "home" / "feedback" / "spool.jsonl"
     assert len(spool.read_text().splitlines()) == 50
-    health = httpx.get(f"{url}/health", timeout=30).json()["feedback"]
+    health = httpx.get(f"{url}/health/detail", timeout=30).json()["feedback"]
     assert health["status"] == "spooling" and health["spool_pending"] == 50
 
     redis_proc.start()
@@ -209,7 +209,7 @@ def test_the_embedded_redis_survives_sigkill_and_keeps_every_event(tmp_path) -> 
     settings = load_settings(home=tmp_path / "home", port=free_port())
     with background_server(settings) as (url, app):
         embedded = app.state.services.feedback.log.embedded
-        assert httpx.get(f"{url}/health", timeout=30).json()["feedback"]["redis"]["mode"] == "embedded"
+        assert httpx.get(f"{url}/health/detail", timeout=30).json()["feedback"]["redis"]["mode"] == "embedded"
         assert (
             httpx.post(f"{url}/feedback", json=[shown(f"e{i}") for i in range(20)], timeout=30).status_code
             == 202

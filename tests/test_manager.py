@@ -102,3 +102,26 @@ def test_watcher_follows_the_registry(registry) -> None:
         time.sleep(0.05)
     assert models.version == v2
     models.close()
+
+
+def test_a_corrupt_current_version_at_start_falls_back_loudly(registry, caplog) -> None:
+    """Issue 26 #10: on main, a restart with a corrupt current version served nothing (503s) while
+    the version before it verified."""
+    v2 = _republish(registry)
+    registry.activate(v2)
+    gguf = registry.get(v2).gguf_path()
+    gguf.write_bytes(gguf.read_bytes()[:-1] + b"\x00")
+    models = _manager(registry)
+    with caplog.at_level("ERROR", logger="editloop.models.manager"):
+        models.start(poll_s=0.05)
+    try:
+        assert models.version == "v1"
+        status = models.status()
+        assert status["fallback"]["from"] == v2 and status["fallback"]["to"] == "v1"
+        assert "sha256" in status["fallback"]["reason"] and "sha256" in status["last_error"]
+        assert any("serving v1 instead" in r.getMessage() for r in caplog.records)
+        registry.activate("v1")  # the operator picks a version: the fallback is over
+        assert models.reload() is False and models.version == "v1"
+        assert models.status()["fallback"] is None and models.status()["last_error"] is None
+    finally:
+        models.close()

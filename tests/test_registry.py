@@ -223,6 +223,27 @@ def test_corrupt_current_fails_verified_load(registry: Registry) -> None:
         registry.load_verified_current()
 
 
+@pytest.mark.parametrize("target", ["model-f16.gguf", "hf", "manifest.json"])
+def test_verification_refuses_symlinks(registry: Registry, tmp_path: Path, target: str) -> None:
+    """Issue 26 #10: a symlink in a version (to identical bytes outside it) verified on main."""
+    v1 = publish_fake(registry)
+    outside = tmp_path / "outside" / target
+    outside.parent.mkdir()
+    os.rename(v1.path / target, outside)  # same bytes, so every sha256 still matches
+    os.symlink(outside, v1.path / target)
+    with pytest.raises(CorruptVersionError, match="symlink"):
+        registry.verify("v1")
+
+
+def test_a_manifest_error_does_not_quote_the_file(registry: Registry, tmp_path: Path) -> None:
+    """Issue 26 #6: the error of a manifest that is some other file showed that file's content."""
+    v1 = publish_fake(registry)
+    (v1.path / "manifest.json").write_text("root:x:0:0:SECRET-LINE:/root:/bin/bash\n")
+    with pytest.raises(CorruptVersionError) as raised:
+        registry.verify("v1")
+    assert "SECRET-LINE" not in str(raised.value)
+
+
 def test_rollback_to_corrupt_version_is_refused(registry: Registry) -> None:
     v1 = publish_fake(registry, b"one")
     publish_fake(registry, b"two")

@@ -198,7 +198,7 @@ def test_metrics_expose_latency_and_model(server) -> None:
 def test_full_queue_answers_503_at_once(tiny_settings, tmp_path) -> None:
     home = copy_home(tiny_settings, tmp_path)
     with running_server(home, max_pending=1) as (url, _, app):
-        assert httpx.get(f"{url}/health").json()["pending"] == 0
+        assert httpx.get(f"{url}/health/detail", headers=auth()).json()["pending"] == 0
         # Fill the queue from inside: a real decode on the tiny model is too fast to collide reliably.
         limiter = app.state.services.limiter
         limiter.acquire()

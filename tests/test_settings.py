@@ -52,3 +52,20 @@ def test_home_that_is_a_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("EDITLOOP_HOME", str(tmp_path / "file"))
     with pytest.raises(SettingsError, match="not a directory"):
         load_settings()
+
+
+@pytest.mark.parametrize("tokens", ['[""]', '["good", "  "]'])
+def test_blank_api_tokens_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, tokens: str) -> None:
+    """Issue 26 #2: `EDITLOOP_API_TOKENS='["$UNSET"]'` let an empty X-Api-Key in and counted as
+    "tokens set", so the server agreed to bind beyond loopback."""
+    monkeypatch.setenv("EDITLOOP_API_TOKENS", tokens)
+    with pytest.raises(
+        SettingsError, match=r"api_tokens.*empty or blank.*remove it or give it a value.*EDITLOOP_API_TOKENS"
+    ):
+        load_settings()
+
+
+def test_a_blank_admin_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDITLOOP_ADMIN_TOKEN", " ")
+    with pytest.raises(SettingsError, match="EDITLOOP_ADMIN_TOKEN"):
+        load_settings()

@@ -1,9 +1,9 @@
 """Does a candidate leave the file parsing worse than before? A tree-sitter check per candidate.
 
 Grammars come from the per-language wheels (``tree-sitter-python``, ``tree-sitter-rust``, ...) when
-installed, else from ``tree-sitter-language-pack``, whose 1.x releases fetch a grammar on first use
-and so find none on a machine without network. A language with no grammar answers None (unknown),
-never an error: the check only ever informs the ranker.
+installed, else from the grammars ``tree-sitter-language-pack`` has already downloaded (its 1.x
+releases fetch a grammar on first use; a request never triggers that). A language with no grammar
+answers None (unknown), never an error: the check only ever informs the ranker.
 
 >>> checker = SyntaxChecker()
 >>> checker.check("python", "def f(x):\\n    return ", "x + 1", "\\n")
@@ -178,6 +178,8 @@ class SyntaxChecker:
 
     def _parser(self, language: str) -> Parser | None:
         if language not in self._parsers:
+            if not has_grammar(language):  # never cached: names a client makes up cannot grow this
+                return None
             grammar = load_grammar(language)
             self._parsers[language] = None if grammar is None else Parser(grammar)
         return self._parsers[language]
@@ -231,8 +233,29 @@ def _count(root: Node) -> int:
     return count
 
 
+def has_grammar(language: str) -> bool:
+    """Whether a grammar for ``language`` (a canonical name) is on this machine, without loading it.
+
+    Only grammar wheels and the language pack's already-downloaded grammars count: the pack's
+    ``get_language`` would fetch an unknown name from the network, under the checker's lock.
+    """
+    return language in GRAMMAR_WHEELS or language in _downloaded_pack_languages()
+
+
+def _downloaded_pack_languages() -> list[str]:
+    try:
+        import tree_sitter_language_pack as pack
+
+        return list(pack.downloaded_languages())
+    except Exception:  # not installed, or its cache unreadable: no pack grammars
+        return []
+
+
 def load_grammar(language: str) -> Language | None:
-    """The grammar from its own wheel, else from tree-sitter-language-pack, else None."""
+    """The grammar from its own wheel, else from tree-sitter-language-pack, else None.
+
+    Callers on the request path check :func:`has_grammar` first.
+    """
     wheel = GRAMMAR_WHEELS.get(language)
     if wheel is not None:
         try:

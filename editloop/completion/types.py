@@ -1,11 +1,26 @@
 """What the engine takes and gives: one request shape for every transport."""
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 Mode = Literal["line", "block", "auto"]
 ResolvedMode = Literal["line", "block"]  # "auto", as the engine resolved it
+# A language as editors and APIs name it (python, typescriptreact, objective-c, c++, c#): short
+# and plain, so a made-up name can neither grow a cache nor forge a log line.
+LANGUAGE_PATTERN = r"^[A-Za-z0-9_+#.\-]{1,64}$"
+Language = Annotated[str, Field(max_length=64, pattern=LANGUAGE_PATTERN)]
+MAX_EXTRA = 32  # snippets from other files one request may carry
+
+
+def plain_language(name: str | None) -> str | None:
+    """``name`` if it is a language name a request may carry, else None (then guessed from the path).
+
+    >>> plain_language("typescriptreact"), plain_language("x" * 65), plain_language("py\\nINFO forged")
+    ('typescriptreact', None, None)
+    """
+    return name if name and re.fullmatch(LANGUAGE_PATTERN, name) else None
 
 
 def _clean(text: str) -> str:
@@ -32,11 +47,11 @@ class Snippet(BaseModel):
 class CompletionRequest(BaseModel):
     prefix: str = Field(description="Text before the cursor.")
     suffix: str = Field(default="", description="Text after the cursor.")
-    language: str | None = Field(
+    language: Language | None = Field(
         default=None, description="e.g. python, rust; guessed from filepath if unset."
     )
     filepath: str | None = Field(default=None, max_length=1024)
-    extra: list[Snippet] = Field(default=[], max_length=32, description="Context from other files.")
+    extra: list[Snippet] = Field(default=[], max_length=MAX_EXTRA, description="Context from other files.")
     mode: Mode = Field(default="auto", description="line: rest of the line; block: the indented block.")
     n: int = Field(default=1, ge=1, le=16, description="Candidates to generate (the best ones are returned).")
     max_tokens: int | None = Field(default=None, ge=1, le=1024)

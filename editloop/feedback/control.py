@@ -5,7 +5,8 @@ any server or the CLI to retrain and watch the cycle, and every server replica h
 version at once. All keys live under ``editloop:``::
 
     cycle:lock            who runs a cycle now (token, TTL): one cycle at a time
-    cycle:state           the running (or last) cycle's state, JSON
+    cycle:state           the running (or last) cycle's state, JSON (shown ``interrupted`` once
+                          the lock holder is gone: see :func:`observed_state`)
     cycle:history         the last cycles' final states, newest first
     retrain:requests      operator requests (JSON), FIFO
     retrain:result:<id>   the final state of one request's cycle
@@ -97,6 +98,71 @@ def _dead_local_holder(holder: str | bytes) -> bool:
     return False
 
 
+def holder_alive(client: redis.Redis) -> bool:
+    """A live process holds the cycle lock: its key exists (a killed holder's lapses within the TTL)
+    and, when the holder ran on this machine, its pid still exists (known at once)."""
+    holder = client.get(LOCK)
+    return bool(holder) and not _dead_local_holder(holder)
+
+
+def interrupted(state: dict) -> dict:
+    """A cycle state recorded as running whose process is gone, as it must be shown: not running."""
+    return {
+        **state,
+        "status": "interrupted",
+        "message": f"interrupted during {state.get('stage')}: the process running it stopped "
+        f"(killed or crashed); the serving version is untouched. Last step: {state.get('message')}",
+    }
+
+
+def observed_state(client: redis.Redis) -> dict | None:
+    """The running (or last) cycle's state, ``interrupted`` when it says running but no one runs it."""
+    raw = client.get(STATE)
+    state = json.loads(raw) if raw else None
+    if state is None or state.get("status") != "running" or holder_alive(client):
+        return state
+    raw = client.get(STATE)  # it may have finished (and released the lock) since the first read
+    state = json.loads(raw) if raw else None
+    return interrupted(state) if state and state.get("status") == "running" else state
+
+
+def running_cycle(client: redis.Redis) -> dict | None:
+    """The state of the cycle a live process is running now, or None."""
+    state = observed_state(client)
+    return state if state and state.get("status") == "running" else None
+
+
+def close_interrupted(client: redis.Redis) -> dict | None:
+    """Record a killed cycle's state as interrupted in the history (called by the next lock holder)."""
+    raw = client.get(STATE)
+    state = json.loads(raw) if raw else None
+    if state is None or state.get("status") != "running":
+        return None
+    final = interrupted(state)
+    record_final(client, final, None)
+    return final
+
+
+def wait_cycle(client: redis.Redis, cycle_id: str, timeout_s: float, poll_s: float = 0.5) -> dict | None:
+    """The final state of cycle ``cycle_id`` (``interrupted`` if its process dies); None on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = observed_state(client)
+        if state is not None and state.get("cycle_id") == cycle_id:
+            if state.get("status") != "running":
+                return state
+        else:  # a later cycle replaced it: its final state is in the history
+            done = next((c for c in history(client, HISTORY_KEEP) if c.get("cycle_id") == cycle_id), None)
+            if done is not None:
+                return done
+        time.sleep(poll_s)
+    return None
+
+
+def history(client: redis.Redis, limit: int) -> list[dict]:
+    return [json.loads(x) for x in client.lrange(HISTORY, 0, limit - 1)]
+
+
 def publish_state(client: redis.Redis, state: dict) -> None:
     client.set(STATE, json.dumps(state))
 
@@ -140,22 +206,48 @@ def wait_result(client: redis.Redis, request_id: str, timeout_s: float, poll_s: 
 
 
 def beat(client: redis.Redis, ttl_s: int) -> None:
-    client.set(HEARTBEAT, str(time.time()), ex=ttl_s)
+    """The trainer is alive; the value names this process so a killed one is known dead at once."""
+    client.set(HEARTBEAT, f"{socket.gethostname()}:{os.getpid()}:{time.time()}", ex=ttl_s)
+
+
+@contextmanager
+def beating(client: redis.Redis, ttl_s: int) -> Iterator[None]:
+    """Keep the trainer's heartbeat alive while it is busy (a cycle takes longer than the TTL)."""
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.wait(ttl_s / 3):
+            try:
+                beat(client, ttl_s)
+            except redis.RedisError as exc:  # Redis restarting: the next beat catches up
+                log.warning("trainer heartbeat: %s", exc)
+
+    thread = threading.Thread(target=run, name="trainer-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def trainer_alive(client: redis.Redis) -> bool:
-    return bool(client.exists(HEARTBEAT))
+    """A trainer beat within its TTL, and it is not a process of this machine that has died."""
+    holder = client.get(HEARTBEAT)
+    return bool(holder) and not _dead_local_holder(holder)
 
 
 def cycle_status(client: redis.Redis, limit: int = 10) -> dict:
-    """The running (or last) cycle, the last ones' outcomes, and whether a trainer listens."""
-    raw = client.get(STATE)
+    """The running (or last) cycle, the last ones' outcomes, and whether a trainer listens.
+
+    ``cycle`` says ``interrupted`` for a cycle whose process died: liveness is the lock holder's.
+    """
+    cycle = observed_state(client)
     return {
         "trainer_alive": trainer_alive(client),
-        "running": bool(client.exists(LOCK)),
+        "running": bool(cycle and cycle.get("status") == "running"),
         "queued_requests": client.llen(REQUESTS),
-        "current": json.loads(raw) if raw else None,
-        "history": [json.loads(x) for x in client.lrange(HISTORY, 0, limit - 1)],
+        "cycle": cycle,
+        "history": history(client, limit),
     }
 
 

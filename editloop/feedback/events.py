@@ -47,7 +47,10 @@ class EventBase(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError as exc:  # 9999-12-31T23:00-12:00 is past year 9999 in UTC
+            raise ValueError("timestamp is out of range once converted to UTC") from exc
 
 
 class Candidate(BaseModel):

@@ -113,14 +113,51 @@ EXTRA_ASSIGNMENT = re.compile(
     rf"{EXTRA_KEYWORDS}\s*(?::\s*[\w\[\]., |]+?)?\s*(?:=|:=|=>|:)\s*([\'\"`]?)([^\s\'\"`,;]+)(\1)",
     re.IGNORECASE,
 )
+# Shell and .env assignments (`DB_PASSWORD=CorrectHorseBatteryStaple`, `export API_TOKEN=...`):
+# an upper-case name ending in a secret's word, `=` with no spaces. The value is literal text
+# there, so it counts even when it reads like an identifier (in code it would be a variable).
+ENV_ASSIGNMENT = re.compile(
+    r"(?<![A-Za-z0-9_.$])(?:[A-Z][A-Z0-9_]*?)?"
+    r"(?:PASSWORD|PASSWD|_PASS|SECRET|TOKEN|CREDENTIALS?|(?:API|ACCESS|AUTH|PRIVATE|SECRET|SIGNING|ENCRYPTION)_?KEY)"
+    r"=([\'\"]?)([^\s\'\"`;&|)]+)(\1)"
+)
+# Command-line flags that carry a password: `--password=...`, `--token=...`.
+FLAG_ASSIGNMENT = re.compile(
+    r"(?<![\w-])--(?:password|passwd|pass|token|api-key|secret)=([\'\"]?)([^\s\'\"`;&|)]+)(\1)",
+    re.IGNORECASE,
+)
 # (rule, group of the value, whether the value must also look like a key: "token" names many
-# things in code, `token_type = 'phrase'`, where "password" names one)
+# things in code, `token_type = 'phrase'`, where "password" names one; whether the value is
+# literal text, as in a shell line, rather than code)
 KEYWORD_RULES = [
-    *((rx, group, False) for rx, group in keyword.QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP.items()),
-    *((rx, group, False) for rx, group in keyword.CONFIG_DENYLIST_REGEX_TO_GROUP.items()),
-    (ANNOTATED_ASSIGNMENT, 3, False),
-    (EXTRA_ASSIGNMENT, 2, True),
+    *((rx, group, False, False) for rx, group in keyword.QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP.items()),
+    *((rx, group, False, False) for rx, group in keyword.CONFIG_DENYLIST_REGEX_TO_GROUP.items()),
+    (ANNOTATED_ASSIGNMENT, 3, False, False),
+    (EXTRA_ASSIGNMENT, 2, True, False),
+    (ENV_ASSIGNMENT, 2, False, True),
+    (FLAG_ASSIGNMENT, 2, False, True),
 ]
+# MySQL's clients take the password glued to -p (`mysql -uroot -pMyCliPa55`); `-p` alone prompts.
+MYSQL_PASSWORD = re.compile(
+    r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mysqlcheck|mariadb\S*)\b[^\n]*?"
+    r"(?<=\s)-p([^\s\'\"`;&|]+)"
+)
+# A quoted short hex or random value assigned to a name ending in "key" (`key = "a9f3c2e7b1d4"`,
+# `hmacKey: 'f00d...'`): too short for the entropy rule. "monkey" and "keyboard" are not key names.
+KEY_ASSIGNMENT = re.compile(
+    r"(?:(?<![A-Za-z0-9])[Kk]ey|_[Kk]ey|(?<=[a-z0-9])Key|KEY)[sS]?[\'\"]?"
+    r"\s*(?::\s*[\w\[\]., |]+?)?\s*(?:=|:=|=>|:)\s*([\'\"`])([^\s\'\"`]{8,})(\1)"
+)
+MIN_HEX_KEY = 8
+# Git object ids (SHA-1, SHA-256) are random hex but public: a 40- or 64-hex token on a line that
+# speaks of git (`git checkout <sha>`, `commit = "<sha>"`, `.../commit/<sha>`, `rev: <sha>`) is
+# one. Elsewhere (`webhook_digest = '<40 hex>'`) random hex still reads as a key.
+GIT_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+GIT_CONTEXT = re.compile(
+    r"(?<![A-Za-z])(?:git|commit|commits|sha|sha1|sha256|rev|revision|checkout|cherry-pick|rebase|"
+    r"merge|blob|tree|parent|head|ref|oid)(?![A-Za-z])",
+    re.IGNORECASE,
+)
 KEYWORD_LINE = re.compile(rf"{keyword.DENYLIST_REGEX}|{EXTRA_KEYWORDS}", re.IGNORECASE)
 CODE_WORDS = frozenset(
     ["none", "null", "nil", "undefined", "true", "false", "self", "this", "str", "string", "int", "bytes"]
@@ -178,15 +215,35 @@ def _keyword_spans(text: str) -> Iterator[Span]:
 
 
 def _keyword_values(line: str) -> Iterator[tuple[int, int]]:
-    for regex, group, strict in KEYWORD_RULES:
+    for regex, group, strict, literal in KEYWORD_RULES:
         for match in regex.finditer(line):
             value = match.group(group).strip()
             start = match.start(group) + match.group(group).index(value) if value else 0
-            quoted = start > 0 and line[start - 1] in "'\"`"
+            quoted = literal or (start > 0 and line[start - 1] in "'\"`")
             if strict and not _keyish(value):
                 continue
             if _plausible_secret(value, line, quoted):
                 yield start, start + len(value)
+
+
+def _command_spans(text: str) -> Iterator[Span]:
+    """Secrets whose shape is a command line or a key name rather than a keyword line."""
+    for match in MYSQL_PASSWORD.finditer(text):
+        if len(match.group(1)) >= MIN_SECRET and not is_prefixed_with_dollar_sign(match.group(1)):
+            yield Span(*match.span(1), "keyword")
+    for match in KEY_ASSIGNMENT.finditer(text):
+        value = match.group(2)
+        if _hex_key(value) or high_entropy(value):
+            yield Span(*match.span(2), "keyword")
+
+
+def _hex_key(value: str) -> bool:
+    return (
+        len(value) >= MIN_HEX_KEY
+        and all(c in "0123456789abcdefABCDEF" for c in value)
+        and any(c.isdigit() for c in value)
+        and any(c.isalpha() for c in value)
+    )
 
 
 def _keyish(value: str) -> bool:
@@ -207,6 +264,7 @@ def _plausible_secret(value: str, line: str, quoted: bool) -> bool:
         or value.lower() in CODE_WORDS
         or any(c in CODE_CHARS for c in value)
         or re.fullmatch(r"[A-Za-z_][A-Za-z_.]*|[0-9.]+", value)
+        or (re.fullmatch(r"[A-Za-z_]\w*_\w*", value) is not None and _wordy(value))  # token_ids_0
     )
 
 
@@ -240,8 +298,16 @@ def _wordy(token: str) -> bool:
 
 def _entropy_spans(text: str) -> Iterator[Span]:
     for match in CANDIDATE_TOKEN.finditer(text):
-        if high_entropy(match.group(0).strip("-_/+")):
+        token = match.group(0).strip("-_/+")
+        if high_entropy(token) and not _git_object_id(text, match.start(), token):
             yield Span(match.start(), match.end(), "entropy")
+
+
+def _git_object_id(text: str, at: int, token: str) -> bool:
+    if not GIT_OBJECT_ID.fullmatch(token):
+        return False
+    start, end = text.rfind("\n", 0, at) + 1, text.find("\n", at)
+    return GIT_CONTEXT.search(text, start, end if end >= 0 else len(text)) is not None
 
 
 def _merge(spans: Iterable[Span]) -> list[Span]:
@@ -262,6 +328,7 @@ def redact(text: str) -> tuple[str, int]:
     spans = [Span(*m.span(), "private-key") for m in PRIVATE_KEY.finditer(text)]
     spans += _provider_spans(text)
     spans += _keyword_spans(text)
+    spans += _command_spans(text)
     spans += _entropy_spans(text)
     spans = [s for s in _merge(spans) if not text[s.start : s.end].startswith(MARK)]
     if not spans:
@@ -272,6 +339,17 @@ def redact(text: str) -> tuple[str, int]:
         cursor = span.end
     parts.append(text[cursor:])
     return "".join(parts), len(spans)
+
+
+def redact_path(path: str) -> tuple[str, int]:
+    """``redact`` per path segment: a key-shaped directory goes, the rest of the path (and its
+    extension, which names the language) stays.
+
+    >>> redact_path("src/ghp_" + "a1B2c3D4e5" * 3 + "f6G7h8/app.py")
+    ('src/[REDACTED:github]/app.py', 1)
+    """
+    parts = [redact(part) for part in path.split("/")]
+    return "/".join(text for text, _ in parts), sum(found for _, found in parts)
 
 
 def load_hash_key(path: Path) -> bytes:
@@ -320,7 +398,12 @@ class Privacy:
         )
 
     def apply(self, events: Iterable[FeedbackEvent]) -> list[FeedbackEvent | None]:
-        return [None if e.user in self.opt_out_users else self._one(e) for e in events]
+        return [None if e.user in self.opt_out_users else self._who(self._one(e)) for e in events]
+
+    def _who(self, event: FeedbackEvent) -> FeedbackEvent:
+        """The user name is client text too (a token pasted as a name is still a token)."""
+        user, found = redact(event.user)
+        return event.model_copy(update={"user": user, "redacted": event.redacted + found}) if found else event
 
     def text_hash(self, text: str) -> str:
         return hashlib.blake2b(text.encode("utf-8", "replace"), key=self.hash_key, digest_size=16).hexdigest()
@@ -348,8 +431,13 @@ class Privacy:
 
     def _completion(self, event: CompletionEvent) -> CompletionEvent:
         update: dict = {}
+        n_path = 0
         if self.private_paths and event.filepath:
             update |= {"filepath": None, "filepath_hash": path_hash(event.filepath)}
+        elif event.filepath:
+            filepath, n_path = redact_path(event.filepath)  # a token can sit in a directory name
+            if n_path:
+                update |= {"filepath": filepath, "redacted": event.redacted + n_path}
         if self.code_free:
             update |= {
                 "prefix": "",
@@ -373,7 +461,7 @@ class Privacy:
                 "prefix": prefix,
                 "suffix": suffix,
                 "candidates": candidates,
-                "redacted": event.redacted + found,
+                "redacted": event.redacted + n_path + found,
             }
         return event.model_copy(update=update) if update else event
 

@@ -10,23 +10,31 @@ JSON-RPC's InvalidParams); the server never goes down for one request.
 """
 
 import asyncio
+import contextlib
+import hmac
+import json
 import logging
 import os
+import re
 import sys
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
 
 from lsprotocol import types
 from pygls.capabilities import ServerCapabilitiesBuilder, get_capability
 from pygls.exceptions import JsonRpcException
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from editloop import __version__
-from editloop.errors import BadRequestError, EditloopError
+from editloop.errors import BadRequestError, EditloopError, quoted
 from editloop.feedback.spool import Spool
 from editloop.lsp.completer import Completer, LocalCompleter, RemoteCompleter
 from editloop.lsp.config import LspConfig, project_name
 from editloop.lsp.document import Change, Encoding, code_points
+from editloop.lsp.framing import FrameReader
 from editloop.lsp.session import Offered, Session
 from editloop.lsp.sinks import EventPump, HttpSink
 from editloop.settings import Settings
@@ -37,6 +45,9 @@ ACCEPT_COMMAND = "editloop.accept"
 DID_SHOW = "textDocument/didShowCompletion"
 DID_PARTIALLY_ACCEPT = "textDocument/didPartiallyAcceptCompletion"
 ENCODINGS: dict[str, Encoding] = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
+READ_CHUNK = 65536
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+UNAUTHORIZED = -32001  # JSON-RPC's range for server errors; LSP defines no authentication code
 
 
 class EditloopProtocol(LanguageServerProtocol):
@@ -47,7 +58,9 @@ class EditloopProtocol(LanguageServerProtocol):
             return super().structure_message(data)
         except JsonRpcException as exc:
             if "id" in data and "method" in data:
-                log.warning("invalid params for %s: %s", data["method"], exc.__cause__ or exc)
+                log.warning(
+                    "invalid params for %s: %s", quoted(data["method"]), quoted(exc.__cause__ or exc, 300)
+                )
                 return _Unparsable(data["id"], exc)
             raise
 
@@ -72,10 +85,85 @@ class EditloopServer(LanguageServer):
         self.ticker: asyncio.Task | None = None
 
     def note(self, message: str, level: int = logging.WARNING) -> None:
-        """A log line here and in the editor's LSP log: how bad input is reported."""
+        """A log line here and in the editor's LSP log: how bad input is reported.
+
+        Messages quote the client (a URI, a language id): a control character in them is escaped,
+        so it cannot start a forged line.
+        """
+        message = CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], message)
         log.log(level, "%s", message)
         kind = types.MessageType.Warning if level >= logging.WARNING else types.MessageType.Info
         self.window_log_message(types.LogMessageParams(type=kind, message=f"editloop: {message}"))
+
+    # Transports: pygls's start_io/start_tcp, with frames read by FrameReader (bounded, resyncing)
+
+    def run_stdio(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        self._stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout))
+        try:
+            asyncio.run(self._pump(_stdin_reader(stdin)))
+        except BrokenPipeError:
+            log.error("the client closed the connection")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
+    def run_tcp(self, host: str, port: int) -> None:
+        """Listen on host:port; with API tokens set, a client's ``initialize`` must carry one."""
+        self._stop_event = threading.Event()
+        tokens = self.settings.api_tokens
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)  # type: ignore[arg-type]  # has write() and close()
+            if await self._pump(lambda: reader.read(READ_CHUNK), tokens=tokens, writer=writer):
+                self.shutdown()  # as pygls: the session's end ends the server; a refused one does not
+
+        async def listen() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            log.info("editloop lsp listening on %s:%d", host, port)
+            async with self._server:
+                await self._server.serve_forever()
+
+        with contextlib.suppress(asyncio.CancelledError):  # shutdown() closes the listener
+            asyncio.run(listen())
+
+    async def _pump(
+        self,
+        read: Callable[[], Awaitable[bytes]],
+        tokens: list[str] | None = None,
+        writer: asyncio.StreamWriter | None = None,
+    ) -> bool:
+        """Handle frames until the input ends; False if the client was refused (bad or no token)."""
+        frames = FrameReader(read, self.settings.lsp_max_message_bytes, lambda m: self.note(m))
+        authenticated = not tokens
+        while self._stop_event is not None and not self._stop_event.is_set():
+            body = await frames.next()
+            if body is None:
+                break
+            if not authenticated:
+                if not _authenticates(body, tokens or []):
+                    log.warning("LSP connection refused: its first message was no initialize with a token")
+                    if writer is not None:
+                        writer.write(_unauthorized(body))
+                        await writer.drain()
+                        writer.close()
+                    return False
+                authenticated = True
+            self._handle(body)
+        return True
+
+    def _handle(self, body: bytes) -> None:
+        try:
+            message = json.loads(body, object_hook=self.protocol.structure_message)
+        except (ValueError, RecursionError) as exc:
+            self.note(f"an LSP message of {len(body)} bytes is not JSON ({type(exc).__name__}): skipped")
+            return
+        try:
+            self.protocol.handle_message(message)
+        except Exception as exc:  # what pygls's own loop does: log, report, keep serving
+            log.exception("cannot handle an LSP message")
+            self.report_server_error(exc, JsonRpcException)
 
 
 # Lifecycle
@@ -362,15 +450,101 @@ def build_server(
 
 def serve(settings: Settings, server_url: str | None, token: str | None, tcp: tuple[str, int] | None) -> None:
     """Run until the client exits: over stdio, or TCP when ``tcp`` is (host, port)."""
+    if tcp is not None:
+        check_tcp_bind(settings, tcp[0])
     server = build_server(settings, server_url, token)
     try:
         if tcp is not None:
-            server.start_tcp(*tcp)
+            server.run_tcp(*tcp)
         else:
             stdout = _claim_stdout()
-            server.start_io(sys.stdin.buffer, stdout)
+            server.run_stdio(sys.stdin.buffer, stdout)
     finally:
         _close_now(server)
+
+
+def check_tcp_bind(settings: Settings, host: str) -> None:
+    """``editloop serve``'s rule: beyond loopback only with tokens, which clients must then send."""
+    from editloop.server.main import is_loopback
+
+    if not settings.api_tokens and not is_loopback(host):
+        raise BadRequestError(
+            f"--tcp {host}: the language server would be open to the network without authentication; "
+            "bind 127.0.0.1, or set EDITLOOP_API_TOKENS (clients then send one as "
+            "initializationOptions.authToken)"
+        )
+
+
+def _stdin_reader(stdin: BinaryIO) -> Callable[[], Awaitable[bytes]]:
+    """Reads of stdin on a daemon thread: a read blocked on a silent client never holds up exit
+    (pygls reads on its thread pool, which is joined at shutdown)."""
+    chunks: asyncio.Queue[bytes] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    fd = stdin.fileno()
+
+    def pump() -> None:
+        while True:
+            try:
+                # os.read, not stdin.read1: a daemon thread blocked inside a buffered reader holds
+                # its lock, and the interpreter aborts at exit when it finds that lock taken.
+                chunk = os.read(fd, READ_CHUNK)
+            except OSError:
+                chunk = b""
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)  # type: ignore[union-attr]
+            except RuntimeError:  # the loop is closed: the server is going away
+                return
+            if not chunk:
+                return
+
+    async def read() -> bytes:
+        nonlocal chunks, loop
+        if chunks is None:
+            chunks, loop = asyncio.Queue(), asyncio.get_running_loop()
+            threading.Thread(target=pump, name="lsp-stdin", daemon=True).start()
+        return await chunks.get()
+
+    return read
+
+
+def _initialize_token(message: Any) -> Any:
+    if not isinstance(message, dict) or message.get("method") != "initialize":
+        return None
+    options = (message.get("params") or {}).get("initializationOptions")
+    if not isinstance(options, dict):
+        return None
+    section = options.get("editloop") if isinstance(options.get("editloop"), dict) else options
+    return section.get("authToken")
+
+
+def _authenticates(body: bytes, tokens: list[str]) -> bool:
+    try:
+        token = _initialize_token(json.loads(body))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(token, str) and any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)
+
+
+def _unauthorized(body: bytes) -> bytes:
+    """A JSON-RPC error frame answering the refused request (if it had an id)."""
+    try:
+        message = json.loads(body)
+        msg_id = message.get("id") if isinstance(message, dict) else None
+    except (ValueError, RecursionError):
+        msg_id = None
+    reply = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": msg_id if isinstance(msg_id, int | str) else None,
+            "error": {
+                "code": UNAUTHORIZED,
+                "message": "unauthorized: send one of the server's EDITLOOP_API_TOKENS as "
+                "initializationOptions.authToken in initialize",
+            },
+        }
+    ).encode()
+    return b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply)
 
 
 def _close_now(server: EditloopServer) -> None:

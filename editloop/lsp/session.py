@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlparse
 
-from editloop.completion.types import Choice, CompletionRequest, CompletionResult
+from editloop.completion.types import Choice, CompletionRequest, CompletionResult, plain_language
 from editloop.feedback.completions import completion_event
 from editloop.feedback.events import FeedbackEvent
 from editloop.lsp.completer import Completer
@@ -167,7 +167,7 @@ class Session:
         return CompletionRequest(
             prefix=doc.text[begin:offset],
             suffix=doc.text[offset:end],
-            language=doc.language_id or None,
+            language=plain_language(doc.language_id),
             filepath=self.relative_path(doc.uri),
             mode="auto",
             n=self.config.candidates,

@@ -71,6 +71,7 @@ class ModelManager(Generic[L]):
         self._failed_version: str | None = None  # not retried until the registry points elsewhere
         self.swaps = 0
         self.failed_swaps = 0
+        self.fallback: dict | None = None  # {"from", "to", "reason"} while an older version stands in
 
     @property
     def version(self) -> str | None:
@@ -116,12 +117,15 @@ class ModelManager(Generic[L]):
         try:
             version = self.registry.load_verified_current()
             if version.name == self.version:
+                if self.fallback is not None:  # the stand-in became current: all is well again
+                    log.info("%s is the current version now; the fallback is over", version.name)
+                    self.fallback, self.last_error, self._failed_version = None, None, None
                 return False
             backend = self._load(version)
         except EditloopError as exc:
             self._failed_version = self.registry.current_name()
             self._failed(str(exc.message))
-            return False
+            return self._slot is None and self._fall_back(str(exc.message))
         self._swap(backend)
         return True
 
@@ -148,6 +152,29 @@ class ModelManager(Generic[L]):
         if wanted is not None:
             log.info("serving canary %s to %.0f%% of requests", wanted.version, wanted.share * 100)
 
+    def _fall_back(self, reason: str) -> bool:
+        """Nothing serves and the current version cannot: serve the newest earlier one that verifies
+        and validates, and say so (log, ``status()["fallback"]``) until the registry is repaired."""
+        broken = self._failed_version
+        for name in self.registry.fallbacks():
+            try:
+                backend = self._load(self.registry.verify(name))
+            except EditloopError as exc:
+                log.error("fallback %s cannot serve either: %s", name, exc.message)
+                continue
+            self._swap(backend)
+            self.last_error, self._failed_version = reason, broken
+            self.fallback = {"from": broken, "to": name, "reason": reason}
+            log.error(
+                "current version %s cannot serve; serving %s instead until it is repaired or another "
+                "version is activated (`editloop models activate`): %s",
+                broken,
+                name,
+                reason,
+            )
+            return True
+        return False
+
     def _load(self, version: ModelVersion) -> L:
         started = time.monotonic()
         backend = self.factory(version)
@@ -168,6 +195,7 @@ class ModelManager(Generic[L]):
         self.swaps += 1
         self.last_error = None
         self._failed_version = None
+        self.fallback = None
         log.info("now serving %s", backend.version)
 
     def _retire(self, slot: _Slot[L]) -> None:
@@ -192,7 +220,8 @@ class ModelManager(Generic[L]):
     def _watch(self, poll_s: float) -> None:
         while not self._stop.wait(poll_s):
             pointer = self.registry.current_name()
-            if pointer is not None and pointer not in (self.version, self._failed_version):
+            stale = pointer != self.version or self.fallback is not None
+            if pointer is not None and stale and pointer != self._failed_version:
                 self.reload()
             elif self.registry.running_canary() != self._canary_info:
                 with self._reload_lock:
@@ -216,4 +245,5 @@ class ModelManager(Generic[L]):
             "last_error": self.last_error,
             "swaps": self.swaps,
             "failed_swaps": self.failed_swaps,
+            "fallback": self.fallback,
         }

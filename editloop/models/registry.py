@@ -38,7 +38,7 @@ from typing import Any, Literal
 import gguf
 from pydantic import BaseModel, ValidationError
 
-from editloop.errors import CorruptVersionError, ModelError, RegistryError, UnknownVersionError
+from editloop.errors import CorruptVersionError, ModelError, RegistryError, UnknownVersionError, quoted
 from editloop.filelock import file_lock
 from editloop.models.fim import SPM_GGUF_KEY, FimTemplate, detect_template
 
@@ -47,7 +47,8 @@ MANIFEST = "manifest.json"
 CURRENT_ALIAS = "current"
 # Preferred when a caller asks for "the" GGUF: q8_0 is near-lossless at half the size of f16.
 PREFERRED_QUANTS = ("q8_0", "f16")
-_VERSION_NAME = re.compile(r"v([1-9][0-9]*)")
+# Bounded: a 5,000-digit name would overflow int() and the file system's name limit.
+_VERSION_NAME = re.compile(r"v([1-9][0-9]{0,8})")
 _NO_MODEL_HINT = "run `editloop bootstrap-model` or `editloop models import GGUF`"
 
 
@@ -225,12 +226,19 @@ class Registry:
         path = self.versions_dir / name
         if not _VERSION_NAME.fullmatch(name) or not path.is_dir():
             known = ", ".join(self._version_names()) or f"none yet; {_NO_MODEL_HINT}"
-            raise UnknownVersionError(f"no model version {name!r}; known versions: {known}")
+            raise UnknownVersionError(f"no model version {quoted(name)}; known versions: {known}")
         return ModelVersion(name, path, _read_manifest(path, name))
 
     def verify(self, name: str) -> ModelVersion:
-        """The version, after checking every file in its manifest exists with the recorded sha256."""
+        """The version, after checking every file in its manifest exists with the recorded sha256.
+
+        A symlink anywhere inside the version is refused, as ``publish`` refuses one: it could
+        lead a loader (or an error message) to a file outside the version.
+        """
         version = self.get(name)
+        linked = _first_symlink(version.path)
+        if linked is not None:
+            raise _corrupt(version, f"{linked} is a symlink")
         for rel, expected in version.manifest.files.items():
             path = version.path / rel
             if not path.is_file():
@@ -355,6 +363,19 @@ class Registry:
             _write_atomically(self.canary_file, decided.model_dump_json(indent=2).encode())
         return decided
 
+    def fallbacks(self) -> list[str]:
+        """What may serve when the current version cannot: the versions active before it (the
+        rollback stack, latest first), then any older ones, newest first."""
+        try:
+            pointer = self._read_pointer()
+        except RegistryError:
+            pointer = None
+        if pointer is None or not _VERSION_NAME.fullmatch(pointer.version):
+            return []
+        below = _version_number(pointer.version)
+        older = [n for n in reversed(self._version_names()) if _version_number(n) < below]
+        return [n for n in dict.fromkeys([*pointer.previous, *older]) if n != pointer.version]
+
     def load_verified_current(self) -> ModelVersion:
         """The current version with its files verified; what a server loads at start."""
         return self.verify(self._require_pointer_version().name)
@@ -436,8 +457,10 @@ class Registry:
         except FileNotFoundError:
             return None
         except (OSError, ValidationError) as exc:
+            # Not the ValidationError's text: it quotes the file, which may be anything.
+            why = exc.strerror if isinstance(exc, OSError) else "not a version pointer"
             raise RegistryError(
-                f"{self.pointer_file} is unreadable ({exc}); "
+                f"{self.pointer_file} is unreadable ({why}); "
                 "run `editloop models activate VERSION` to rewrite it"
             ) from exc
 
@@ -468,12 +491,30 @@ def _corrupt(version: ModelVersion, problem: str) -> CorruptVersionError:
     )
 
 
+def _first_symlink(root: Path) -> str | None:
+    """The first symlink under ``root`` (relative), or None; the walk never follows one."""
+    for directory, dirs, files in os.walk(root):
+        for entry in (*dirs, *files):
+            if (Path(directory) / entry).is_symlink():
+                return (Path(directory) / entry).relative_to(root).as_posix()
+    return None
+
+
 def _read_manifest(path: Path, name: str) -> Manifest:
+    manifest_path = path / MANIFEST
     try:
-        manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
-    except (OSError, ValidationError) as exc:
+        if manifest_path.is_symlink():
+            raise CorruptVersionError(f"model version {name}'s {MANIFEST} is a symlink; delete {path}")
+        manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+    except OSError as exc:
         raise CorruptVersionError(
-            f"model version {name} has no readable {MANIFEST} ({exc}); delete {path} or re-publish it"
+            f"model version {name} has no readable {MANIFEST} ({exc.strerror}); "
+            f"delete {path} or re-publish it"
+        ) from exc
+    except ValidationError as exc:  # its message quotes the input: a file's content must not travel
+        fields = ", ".join(".".join(map(str, e["loc"])) or "the document" for e in exc.errors()[:5])
+        raise CorruptVersionError(
+            f"model version {name} has an invalid {MANIFEST} ({fields}); delete {path} or re-publish it"
         ) from exc
     referenced = [*manifest.gguf.values(), *filter(None, [manifest.tokenizer])]
     unlisted = [rel for rel in referenced if rel not in manifest.files]

@@ -14,7 +14,7 @@ from editloop.feedback import control
 from editloop.models.manager import ModelManager
 from editloop.server import errors
 from editloop.server.feedback import FeedbackService
-from editloop.server.limits import BodyLimit
+from editloop.server.limits import Admission, BodyLimit
 from editloop.server.metrics import RequestCounter
 from editloop.server.routes import admin, dashboard, feedback, infill, native, openai, tabby
 from editloop.server.services import Services, build_services
@@ -51,6 +51,11 @@ def _hear_new_models(services: Services) -> threading.Event:
     return stop
 
 
+def _queue_full(scope) -> bool:
+    services: Services | None = getattr(scope["app"].state, "services", None)
+    return services is not None and services.limiter.full
+
+
 def create_app(settings: Settings, models: ModelManager[ServedModel] | None = None) -> FastAPI:
     """The server; ``models`` lets a caller (tests, the LSP in-process mode) bring its own manager."""
 
@@ -82,5 +87,6 @@ def create_app(settings: Settings, models: ModelManager[ServedModel] | None = No
 
     app.add_middleware(RequestCounter)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Admission, is_full=_queue_full)
     app.openapi = lambda: errors.openapi_with_error_bodies(app)
     return app

@@ -4,6 +4,7 @@ With no tokens configured the server binds loopback only (see ``editloop serve``
 open door is one the local user already has.
 """
 
+import hashlib
 import hmac
 
 from fastapi import Request
@@ -31,8 +32,17 @@ async def require_user(request: Request) -> None:
     allowed = [*settings.api_tokens, *([settings.admin_token] if settings.admin_token else [])]
     if not allowed:
         return
-    if not _matches(_token(request), allowed):
+    token = _token(request)
+    if not _matches(token, allowed):
         raise AuthError("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+    request.state.caller = caller_id(token)
+
+
+def caller_id(token: str | None) -> str:
+    """Who is asking, as far as the server can tell: a digest of the token (never the token)."""
+    if token is None:
+        return "local"  # no tokens configured: loopback only, every caller is the local user
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 async def require_admin(request: Request) -> None:

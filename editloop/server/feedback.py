@@ -162,6 +162,8 @@ def parse_body(raw: bytes, default_project: str) -> Parsed:
             body = json.loads(raw)
         except ValueError as exc:
             raise BadRequestError(f"body: not JSON ({exc})") from exc
+        except RecursionError as exc:  # [[[[...]]]] thousands deep: no event is shaped like that
+            raise BadRequestError("body: JSON nested too deeply") from exc
         return parse_batch(body, default_project)
     if default_project != "default":
         events = [

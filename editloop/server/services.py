@@ -38,9 +38,18 @@ class Limiter:
                 )
             self.pending += 1
 
+    @property
+    def full(self) -> bool:
+        return self.pending >= self.limit
+
     def release(self) -> None:
         with self._lock:
             self.pending -= 1
+
+
+def caller_of(http: Request) -> str:
+    """The caller ``require_user`` identified (a token digest), or "local" on a tokenless server."""
+    return getattr(http.state, "caller", "local")
 
 
 @dataclass
@@ -59,9 +68,11 @@ class Services:
         started = time.perf_counter()
         cancel = threading.Event()
         budget_ms = int(self.settings.request_timeout_s * 1000)
-        request = request.model_copy(
-            update={"time_budget_ms": min(request.time_budget_ms or budget_ms, budget_ms)}
-        )
+        update: dict = {"time_budget_ms": min(request.time_budget_ms or budget_ms, budget_ms)}
+        if request.document_id is not None:
+            # Latest-wins cancels by document_id: only the same caller's newer request may.
+            update["document_id"] = f"{caller_of(http)}:{request.document_id}"
+        request = request.model_copy(update=update)
         try:
             task = asyncio.ensure_future(run_in_threadpool(self.engine.complete, request, cancel))
             while not task.done():

@@ -23,31 +23,60 @@ def retrain(
     timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 3600.0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Start a retrain cycle now (through the running trainer, or here when none runs)."""
+    """Start a retrain cycle now (through the running trainer, or here when none runs).
+
+    With --wait while a cycle is already running (the trainer started one on its own), wait for
+    that cycle and report it.
+    """
     from editloop.feedback.log import open_feedback
     from editloop.training.worker import Trainer
 
     settings = load_settings()
     with open_feedback(settings) as feedback:
         client = feedback.store.client
-        if control.trainer_alive(client):
+        running = control.running_cycle(client)
+        if running is not None and wait:
+            result = _attach(client, running, timeout)
+        elif control.trainer_alive(client):
             request_id = control.request_retrain(client, force=force)
             if not wait:
-                _print({"request_id": request_id, "queued": True}, as_json)
+                queued = {"request_id": request_id, "queued": True}
+                _print({**queued, "after": running["cycle_id"]} if running else queued, as_json)
                 return
             result = control.wait_result(client, request_id, timeout)
             if result is None:
                 raise EditloopError(
                     f"no result for request {request_id} after {timeout:.0f} s; see `editloop status`"
                 )
+        elif running is not None:
+            raise EditloopError(
+                f"cycle {running['cycle_id']} is running ({running['stage']}) and no trainer takes "
+                "requests; `editloop retrain --wait` waits for it"
+            )
         else:  # no trainer process: run the cycle here, in the foreground
             state = Trainer.from_settings(settings, feedback.store).run_cycle(
                 "operator", {"id": None, "force": force}
             )
             result = state.to_dict()
     _print(result, as_json)
-    if result.get("status") == "failed":
+    if result.get("status") in ("failed", "interrupted"):
         raise typer.Exit(1)
+
+
+def _attach(client, running: dict, timeout: float) -> dict:
+    """Wait for a cycle someone else started; its final state (or interrupted)."""
+    trigger = (running.get("reports") or {}).get("trigger", "the trainer")
+    typer.echo(
+        f"cycle {running['cycle_id']} (started by {trigger}) is already running ({running['stage']}): "
+        "waiting for it",
+        err=True,
+    )
+    result = control.wait_cycle(client, running["cycle_id"], timeout)
+    if result is None:
+        raise EditloopError(
+            f"cycle {running['cycle_id']} still running after {timeout:.0f} s; see `editloop status`"
+        )
+    return result
 
 
 def status(
@@ -69,9 +98,11 @@ def status(
     console.print(
         f"model: {current or 'none'}   trainer: {'alive' if report['trainer_alive'] else 'not running'}"
     )
-    running = report["current"]
-    if running and running.get("status") == "running":
-        console.print(f"running: {running['cycle_id']} — {running['stage']} ({running['progress']:.0%})")
+    cycle = report["cycle"]
+    if cycle and cycle.get("status") == "running":
+        console.print(f"running: {cycle['cycle_id']} — {cycle['stage']} ({cycle['progress']:.0%})")
+    elif cycle and cycle.get("status") == "interrupted":
+        console.print(f"interrupted: {cycle['cycle_id']} — {cycle['message']}")
     table = Table("cycle", "status", "parent", "version", "message")
     for cycle in report["history"]:
         table.add_row(

@@ -26,6 +26,7 @@ from editloop.training.cycle import Cycle, CycleConfig, CycleState, FeedbackSour
 
 log = logging.getLogger(__name__)
 CONSUMER_GROUP = "trainer"
+HEARTBEAT_TTL_S = 10
 
 
 def new_events(client: redis.Redis, streams: list[str], group: str = CONSUMER_GROUP) -> int:
@@ -81,20 +82,34 @@ class Trainer:
         with control.cycle_lock(self.client):
             from editloop.models.registry import Registry
 
+            killed = control.close_interrupted(self.client)
+            if killed is not None:
+                log.warning(
+                    "cycle %s was interrupted in %s (its trainer died)", killed["cycle_id"], killed["stage"]
+                )
             swept = sweep_staging(Registry(self.settings.models_dir))
             if swept:
                 log.info("removed %d staging directories a killed cycle left behind", swept)
-            cycle = Cycle(
-                self.settings, config, on_state=lambda s: control.publish_state(self.client, s.to_dict())
-            )
+            cycle = Cycle(self.settings, config, on_state=self._publish_state)
             cycle.state.reports["trigger"] = reason
             state = cycle.run(self.source(), notify=self.notify)
         self.last_cycle_at = time.time()
         control.record_final(self.client, state.to_dict(), request["id"] if request else None)
         return state
 
+    def _publish_state(self, state: CycleState) -> None:
+        """A Redis restart must not fail the cycle: its state is also in runs/<cycle>/cycle.json."""
+        try:
+            control.publish_state(self.client, state.to_dict())
+        except redis.RedisError as exc:
+            log.warning("cycle %s: state not published (%s)", state.cycle_id, exc)
+
     def notify(self, version: str) -> None:
-        heard = control.announce_model(self.client, version)
+        try:
+            heard = control.announce_model(self.client, version)
+        except redis.RedisError as exc:  # published and current already: servers poll the registry
+            log.warning("published %s; not announced (%s): servers find it by polling", version, exc)
+            return
         log.info("published %s; %d server(s) told", version, heard)
 
     def due(self) -> str | None:
@@ -119,7 +134,7 @@ class Trainer:
     def serve_forever(self, stop: threading.Event, poll_s: float = 2.0) -> None:
         while not stop.is_set():
             try:
-                control.beat(self.client, ttl_s=max(10, int(poll_s * 5)))
+                control.beat(self.client, ttl_s=max(HEARTBEAT_TTL_S, int(poll_s * 5)))
                 self.check_canary()
                 request = control.next_request(self.client, poll_s)
                 reason = "operator" if request else self.due()
@@ -130,10 +145,15 @@ class Trainer:
             if reason is None:
                 continue
             try:
-                state = self.run_cycle(reason, request)
+                # Still listening for requests while the cycle runs (they queue): keep beating.
+                with control.beating(self.client, HEARTBEAT_TTL_S):
+                    state = self.run_cycle(reason, request)
                 log.info("cycle %s: %s", state.cycle_id, state.message)
             except CycleBusyError as exc:
                 log.info("%s", exc)
                 if request:  # another trainer holds the lock: this request waits its turn
                     control.requeue(self.client, request)
+                stop.wait(poll_s)
+            except redis.RedisError as exc:  # Redis went away around the cycle: the trainer stays up
+                log.warning("trainer: cycle not run or not recorded (%s); waiting for Redis", exc)
                 stop.wait(poll_s)

@@ -75,7 +75,7 @@ async def retrain(request: Request, body: RetrainBody | None = None) -> dict:
 async def status(request: Request, limit: int = 10) -> dict:
     services = services_of(request)
     cycles = await run_in_threadpool(control.cycle_status, _control_client(request), max(1, min(limit, 50)))
-    return {"model": services.models.status(), "current": services.registry.current_name(), **cycles}
+    return {**cycles, "model": services.models.status(), "current": services.registry.current_name()}
 
 
 @router.get("/canary", summary="The canary: arm map, both arms' live figures, the rule's verdict now")

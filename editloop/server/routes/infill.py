@@ -7,7 +7,7 @@ cursor as ``prompt`` and the rest as ``input_suffix``; the full prefix is their 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from editloop.completion.types import CompletionRequest, CompletionResult, Snippet
+from editloop.completion.types import MAX_EXTRA, CompletionRequest, CompletionResult, Snippet
 from editloop.server.auth import require_user, services_of
 
 router = APIRouter()
@@ -40,7 +40,9 @@ def _to_request(body: InfillRequest) -> CompletionRequest:
         prefix=body.input_prefix + body.prompt,
         suffix=body.input_suffix,
         mode="auto",
-        extra=[Snippet(filepath=e.filename, text=e.text) for e in body.input_extra if e.text],
+        # llama.vim's ring buffer lists the newest chunks last: beyond what a request may carry,
+        # the oldest give way.
+        extra=[Snippet(filepath=e.filename, text=e.text) for e in body.input_extra if e.text][-MAX_EXTRA:],
         max_tokens=body.n_predict if body.n_predict and body.n_predict > 0 else None,
         # llama.vim may ask for more time than the engine allows a request: the engine's cap applies.
         time_budget_ms=min(body.t_max_predict_ms, MAX_BUDGET_MS) if body.t_max_predict_ms else None,

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from editloop import __version__
-from editloop.completion.types import CompletionRequest, Snippet
+from editloop.completion.types import MAX_EXTRA, CompletionRequest, Language, Snippet
 from editloop.server.auth import require_user, services_of
 from editloop.server.feedback import TabbyEvent, project_of, tabby_feedback
 from editloop.server.routes.feedback import feedback_of
@@ -36,7 +36,7 @@ class Segments(BaseModel):
 
 class TabbyCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    language: str | None = None
+    language: Language | None = None
     segments: Segments
     user: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -49,7 +49,9 @@ def _snippets(segments: Segments) -> list[Snippet]:
         segments.relevant_snippets_from_changed_files,
         segments.relevant_snippets_from_recently_opened_files,
     )
-    return [Snippet(filepath=s.filepath, text=s.body) for group in groups for s in group or [] if s.body][:32]
+    return [Snippet(filepath=s.filepath, text=s.body) for group in groups for s in group or [] if s.body][
+        :MAX_EXTRA
+    ]
 
 
 @router.post("/completions", summary="Tabby-compatible completion")
