@@ -35,6 +35,9 @@ def backend_factory(settings: Settings) -> BackendFactory:
             quant=settings.model_quant,
             n_threads=settings.model_threads or None,
             max_candidates=settings.max_candidates,
+            cache_documents=settings.model_cache_documents,
+            cache_reuse=settings.model_cache_reuse,
+            draft_max=settings.model_draft_max,
         )
 
     return load

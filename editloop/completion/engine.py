@@ -89,6 +89,7 @@ class CompletionEngine:
             stop=("\n",) if mode == "line" else (),
             deadline=deadline,
             cancel=cancel,
+            document=request.document_id or request.filepath,
         )
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()

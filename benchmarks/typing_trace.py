@@ -1,0 +1,136 @@
+"""A typing trace: the requests an editor sends while a developer types a region of a real file.
+
+The developer is the replay's (:mod:`editloop.eval.replay`): 6 characters a second, and the editor
+asks at every fresh line and after a word where the developer pauses. Nothing is accepted, so the
+trace is the same for every server it is replayed against; each request carries the text the
+developer typed next (``truth``) and when it was sent (``at_s``, typing time).
+
+>>> trace = typing_trace(Path(sysconfig.get_paths()["stdlib"]) / "email/feedparser.py", 600)
+>>> len(trace.requests), trace.requests[0].prefix[-20:]  # doctest: +SKIP
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from editloop.eval.replay import ReplayConfig, Suggestion, replay
+from editloop.eval.replay_tasks import Hunk, TypingTask
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    at_s: float
+    prefix: str
+    suffix: str
+    truth: str  # the rest of the line the developer went on to type
+
+
+@dataclass
+class Trace:
+    path: str
+    typed_chars: int
+    requests: list[TraceRequest] = field(default_factory=list)
+
+    def bodies(self, **extra: object) -> list[dict]:
+        return [
+            {"prefix": r.prefix, "suffix": r.suffix, "filepath": self.path, "mode": "line", **extra}
+            for r in self.requests
+        ]
+
+
+class _Recorder:
+    """An editor that records each request and shows nothing."""
+
+    def __init__(self, text: str, start: int) -> None:
+        self.text, self.start = text, start
+        self.doc, self.cursor, self.clock = "", 0, 0.0
+        self.requests: list[TraceRequest] = []
+
+    def open(self, task: TypingTask) -> None:
+        self.doc, self.cursor = task.before, 0
+
+    def replace(self, offset: int, removed: int, text: str) -> None:
+        self.doc = self.doc[:offset] + text + self.doc[offset + removed :]
+        self.cursor = offset + len(text)
+
+    def type(self, text: str) -> None:
+        self.replace(self.cursor, 0, text)
+
+    def suggest(self) -> Suggestion | None:
+        rest = self.text[self.cursor :]
+        truth = rest[: rest.find("\n")] if "\n" in rest else rest
+        self.requests.append(
+            TraceRequest(self.clock, self.doc[: self.cursor], self.doc[self.cursor :], truth)
+        )
+        return None
+
+    def accept(self, suggestion: Suggestion, length: int) -> None:
+        raise AssertionError("the recorder shows nothing, so nothing is accepted")
+
+    def advance(self, seconds: float) -> None:
+        self.clock += seconds
+
+    def close(self) -> None:
+        pass
+
+
+def typing_trace(path: Path, chars: int, seed: int = 0, pause_after_word: float = 0.5) -> Trace:
+    """Type ``chars`` characters of ``path`` starting at a line in its middle; the rest stays as suffix."""
+    text = path.read_text(encoding="utf-8")
+    start = text.find("\n    def ", len(text) // 2) + 1 or len(text) // 2
+    end = min(len(text), start + chars)
+    task = TypingTask(path.name, "python", text[:start] + text[end:], [Hunk(start, 0, text[start:end])])
+    recorder = _Recorder(text, start)
+    replay([task], recorder, ReplayConfig(seed=seed, partial_accept=False, pause_after_word=pause_after_word))
+    return Trace(f"{path.parent.name}/{path.name}", end - start, recorder.requests)
+
+
+@dataclass
+class Replayed:
+    latencies_s: list[float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # the best choice shown, "" when none
+    typeahead_s: list[float] = field(default_factory=list)  # after typing into a shown completion
+    typeahead_misses: int = 0
+    cached: int = 0  # trace requests the completion cache answered
+
+
+def replay_http(
+    url: str, bodies: list[dict], trace: Trace, headers: dict, *, paced: bool = False, typeahead: bool = False
+) -> Replayed:
+    """POST each body to ``/complete`` in order (at its typing time if ``paced``).
+
+    With ``typeahead``, after a shown completion that the developer's next characters follow,
+    the request after typing two of them is timed too (a completion-cache hit, if all is well).
+    """
+    out = Replayed()
+    started = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+        for body, request in zip(bodies, trace.requests, strict=True):
+            if paced:
+                time.sleep(max(0.0, request.at_s - (time.perf_counter() - started)))
+            sent = time.perf_counter()
+            reply = http.post("/complete", json=body)
+            out.latencies_s.append(time.perf_counter() - sent)
+            reply.raise_for_status()
+            result = reply.json()
+            shown = result["choices"][0]["text"] if result["choices"] else ""
+            out.texts.append(shown)
+            out.cached += bool(result.get("cached"))
+            if typeahead:
+                _type_into(http, body, shown, request.truth, out)
+    return out
+
+
+def _type_into(http: httpx.Client, body: dict, shown: str, truth: str, out: Replayed) -> None:
+    typed = shown[: len(shown) - len(shown.lstrip()) + 2]
+    if len(shown.strip()) < 3 or not truth.startswith(typed):
+        return
+    sent = time.perf_counter()
+    reply = http.post("/complete", json={**body, "prefix": body["prefix"] + typed})
+    elapsed = time.perf_counter() - sent
+    if reply.json().get("cached"):
+        out.typeahead_s.append(elapsed)
+    else:
+        out.typeahead_misses += 1
