@@ -90,47 +90,58 @@ def typing_trace(path: Path, chars: int, seed: int = 0, pause_after_word: float 
 @dataclass
 class Replayed:
     latencies_s: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # wall clock (time.time()) of each request
     texts: list[str] = field(default_factory=list)  # the best choice shown, "" when none
     typeahead_s: list[float] = field(default_factory=list)  # after typing into a shown completion
     typeahead_misses: int = 0
     cached: int = 0  # trace requests the completion cache answered
 
 
-def replay_http(
-    url: str, bodies: list[dict], trace: Trace, headers: dict, *, paced: bool = False, typeahead: bool = False
-) -> Replayed:
-    """POST each body to ``/complete`` in order (at its typing time if ``paced``).
+class Editor:
+    """One editor's connection to ``/complete``: it asks, and records what it was shown and how fast.
 
-    With ``typeahead``, after a shown completion that the developer's next characters follow,
-    the request after typing two of them is timed too (a completion-cache hit, if all is well).
+    With ``typeahead``, after a shown completion that the developer's next characters follow, the
+    request after typing two of them is timed too (a completion-cache hit, if all is well).
     """
-    out = Replayed()
-    started = time.perf_counter()
-    with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+
+    def __init__(self, url: str, headers: dict, typeahead: bool = False) -> None:
+        self.http = httpx.Client(base_url=url, timeout=300, headers=headers)
+        self.typeahead = typeahead
+        self.out = Replayed()
+
+    def ask(self, body: dict, truth: str) -> None:
+        self.out.sent_at.append(time.time())
+        sent = time.perf_counter()
+        reply = self.http.post("/complete", json=body)
+        self.out.latencies_s.append(time.perf_counter() - sent)
+        reply.raise_for_status()
+        result = reply.json()
+        shown = result["choices"][0]["text"] if result["choices"] else ""
+        self.out.texts.append(shown)
+        self.out.cached += bool(result.get("cached"))
+        if self.typeahead:
+            self._type_into(body, shown, truth)
+
+    def replay(self, bodies: list[dict], trace: Trace, paced: bool = False) -> Replayed:
+        """Every request of ``trace`` in order, each at its typing time if ``paced``."""
+        started = time.perf_counter()
         for body, request in zip(bodies, trace.requests, strict=True):
             if paced:
                 time.sleep(max(0.0, request.at_s - (time.perf_counter() - started)))
-            sent = time.perf_counter()
-            reply = http.post("/complete", json=body)
-            out.latencies_s.append(time.perf_counter() - sent)
-            reply.raise_for_status()
-            result = reply.json()
-            shown = result["choices"][0]["text"] if result["choices"] else ""
-            out.texts.append(shown)
-            out.cached += bool(result.get("cached"))
-            if typeahead:
-                _type_into(http, body, shown, request.truth, out)
-    return out
+            self.ask(body, request.truth)
+        return self.out
 
+    def close(self) -> None:
+        self.http.close()
 
-def _type_into(http: httpx.Client, body: dict, shown: str, truth: str, out: Replayed) -> None:
-    typed = shown[: len(shown) - len(shown.lstrip()) + 2]
-    if len(shown.strip()) < 3 or not truth.startswith(typed):
-        return
-    sent = time.perf_counter()
-    reply = http.post("/complete", json={**body, "prefix": body["prefix"] + typed})
-    elapsed = time.perf_counter() - sent
-    if reply.json().get("cached"):
-        out.typeahead_s.append(elapsed)
-    else:
-        out.typeahead_misses += 1
+    def _type_into(self, body: dict, shown: str, truth: str) -> None:
+        typed = shown[: len(shown) - len(shown.lstrip()) + 2]
+        if len(shown.strip()) < 3 or not truth.startswith(typed):
+            return
+        sent = time.perf_counter()
+        reply = self.http.post("/complete", json={**body, "prefix": body["prefix"] + typed})
+        elapsed = time.perf_counter() - sent
+        if reply.json().get("cached"):
+            self.out.typeahead_s.append(elapsed)
+        else:
+            self.out.typeahead_misses += 1

@@ -62,6 +62,9 @@ PROMPT_BATCH = 512
 # Sampled candidates draw from the 64 likeliest tokens: past them a code model's tail holds next
 # to nothing, and without the cut llama.cpp sorts all 151,936 of a real vocabulary per token.
 TOP_K = 64
+# A decode of fewer multiply-adds than this runs on one thread: waking a second one costs more
+# than it saves (a tiny model's step is ~0.1 ms of work; waking a thread on a busy machine, ms).
+ONE_THREAD_WORK = 200_000_000
 # Moved KV is parked this far out while the chunks are shifted, so no two ranges ever overlap.
 _PARK = 1 << 24
 _SPECIAL_ATTRS = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
@@ -125,6 +128,8 @@ class LlamaBackend:
         self._native, self.n_ctx = _load(Path(gguf_path), n_ctx, threads, max_candidates)
         # weakref.finalize, not __del__: it runs at interpreter exit while llama_cpp is still intact.
         self._free = weakref.finalize(self, _free_native, self._native)
+        self._threads, self._threads_now = threads, threads
+        self._n_params = llama_cpp.llama_model_n_params(self._native.model)
         self._kv_cells = llama_cpp.llama_n_ctx(self._native.ctx)
         self._spare = max_candidates  # the sequence moved chunks wait in (sequences 1.. are candidates)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._native.vocab)
@@ -314,6 +319,10 @@ class LlamaBackend:
 
     def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One ``llama_decode`` of (token, position, sequence, wants logits) entries."""
+        threads = 1 if self._n_params * len(entries) < ONE_THREAD_WORK else self._threads
+        if threads != self._threads_now:
+            llama_cpp.llama_set_n_threads(self._native.ctx, threads, threads)
+            self._threads_now = threads
         batch = self._native.batch
         batch.n_tokens = len(entries)
         for i, (token, pos, seq, logits) in enumerate(entries):
