@@ -80,10 +80,10 @@ class Settings(BaseSettings):
         description="Documents whose prompt KV cache the in-process model keeps (one slot each).",
     )
     model_cache_reuse: int = Field(
-        default=0,
+        default=16,
         ge=0,
         description="Reuse cached runs of at least this many tokens by a KV shift (llama.cpp's "
-        "--cache-reuse; approximate); 0 reuses only the exact common prefix.",
+        "--cache-reuse; approximate, bounded); 0 reuses only the exact common prefix.",
     )
     model_draft_max: int = Field(
         default=8,

@@ -8,7 +8,7 @@ import pytest
 from editloop.completion.engine import CompletionEngine, EngineConfig
 from editloop.completion.types import CompletionRequest
 from editloop.models.backend import GenerationParams
-from editloop.models.kvcache import Chunk, LruSlots, plan_reuse
+from editloop.models.kvcache import Chunk, LruSlots, plan_reuse, staleness
 from editloop.models.llama import LlamaBackend
 from editloop.models.manager import ModelManager
 from editloop.models.registry import ModelVersion, Registry
@@ -44,6 +44,17 @@ def test_plan_moves_runs_after_an_insertion_and_a_slid_window() -> None:
     # Runs shorter than min_chunk are evaluated instead; without min_chunk only the prefix counts.
     assert plan_reuse(cached, slid, min_chunk=40).chunks == []
     assert plan_reuse(cached, typed).chunks == []
+
+
+def test_runs_moved_too_far_since_evaluated_are_evaluated_afresh() -> None:
+    cached = [1, *range(10, 30), 2, *range(50, 60), 3]
+    typed = [1, *range(10, 30), 90, 91, 2, *range(50, 60), 3]
+    fresh = plan_reuse(cached, typed, min_chunk=4, stale=[0] * len(cached), max_stale=8)
+    assert fresh.chunks and staleness(fresh, [0] * len(cached), len(typed))[23:34] == [2] * 11
+    worn = [0] * 21 + [7] * 12  # the suffix has moved 7 places already: 2 more passes 8
+    again = plan_reuse(cached, typed, min_chunk=4, stale=worn, max_stale=8)
+    assert again.chunks == [] and again.evaluate == list(range(21, len(typed)))
+    assert staleness(again, worn, len(typed)) == [0] * len(typed)
 
 
 def test_lru_slots_evict_the_least_recent() -> None:

@@ -9,6 +9,9 @@ An editor asks again after every pause in typing, and the prompt it gets changes
   lines) are kept too, their KV moved to the new positions as llama.cpp's ``--cache-reuse``
   does. That is an approximation: a moved token's KV was computed next to tokens that are now
   gone or were not yet there, so the output can differ from evaluating the prompt afresh.
+  Each cached token counts how far it has been moved since it was evaluated (``stale``); a run
+  that would pass ``max_stale`` is evaluated afresh instead, so the approximation stays bounded
+  however long the developer types.
 
 >>> plan = plan_reuse([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 9, 4, 5, 6, 7, 8], min_chunk=3)
 >>> plan.prefix, plan.chunks, plan.evaluate
@@ -52,13 +55,21 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-def plan_reuse(cached: Sequence[int], prompt: Sequence[int], min_chunk: int = 0) -> ReusePlan:
+def plan_reuse(
+    cached: Sequence[int],
+    prompt: Sequence[int],
+    min_chunk: int = 0,
+    stale: Sequence[int] | None = None,
+    max_stale: int = 64,
+) -> ReusePlan:
     """Keep the common prefix, then (``min_chunk`` > 0) cached runs found again in order.
 
+    ``stale[i]``: how many positions cached token i has moved since it was evaluated (0 if None).
     The prompt's last token is always evaluated: its logits start the completion.
     """
     prefix = min(common_prefix(cached, prompt), len(prompt) - 1)
-    chunks = _chunks(cached, prompt, prefix, min_chunk) if min_chunk > 0 else []
+    moved = stale if stale is not None else [0] * len(cached)
+    chunks = _chunks(cached, prompt, prefix, min_chunk, moved, max_stale) if min_chunk > 0 else []
     if chunks and chunks[-1].to + chunks[-1].end - chunks[-1].start == len(prompt):
         last = chunks.pop()
         if last.end - last.start > 1:
@@ -68,7 +79,22 @@ def plan_reuse(cached: Sequence[int], prompt: Sequence[int], min_chunk: int = 0)
     return ReusePlan(prefix, chunks, evaluate)
 
 
-def _chunks(cached: Sequence[int], prompt: Sequence[int], prefix: int, min_chunk: int) -> list[Chunk]:
+def staleness(plan: ReusePlan, stale: Sequence[int], prompt_len: int) -> list[int]:
+    """``stale`` of the prompt's tokens once ``plan`` is carried out."""
+    out = list(stale[: plan.prefix]) + [0] * (prompt_len - plan.prefix)
+    for c in plan.chunks:
+        out[c.to : c.to + c.end - c.start] = [s + abs(c.to - c.start) for s in stale[c.start : c.end]]
+    return out
+
+
+def _chunks(
+    cached: Sequence[int],
+    prompt: Sequence[int],
+    prefix: int,
+    min_chunk: int,
+    stale: Sequence[int],
+    max_stale: int,
+) -> list[Chunk]:
     """Greedy in prompt order: at each prompt position, the earliest cached run after the last one kept."""
     where: dict[tuple[int, ...], list[int]] = {}
     for i in range(prefix, len(cached) - _LOOKUP + 1):
@@ -81,6 +107,9 @@ def _chunks(cached: Sequence[int], prompt: Sequence[int], prefix: int, min_chunk
             head_p += 1
             continue
         start, length = found
+        if max(stale[start : start + length]) + abs(head_p - start) > max_stale:
+            head_p += length  # moved too far too often: evaluated afresh
+            continue
         chunks.append(Chunk(start, start + length, head_p))
         head_c, head_p = start + length, head_p + length
     return chunks

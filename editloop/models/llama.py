@@ -50,7 +50,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 from editloop.errors import ModelError
 from editloop.models.backend import FinishReason, Generation, GenerationParams, GenerationResult
 from editloop.models.fim import FimTemplate
-from editloop.models.kvcache import LruSlots, ReusePlan, plan_reuse
+from editloop.models.kvcache import LruSlots, ReusePlan, plan_reuse, staleness
 from editloop.models.registry import ModelVersion
 from editloop.models.speculative import DraftPolicy, draft
 
@@ -65,6 +65,9 @@ TOP_K = 64
 # A decode of fewer multiply-adds than this runs on one thread: waking a second one costs more
 # than it saves (a tiny model's step is ~0.1 ms of work; waking a thread on a busy machine, ms).
 ONE_THREAD_WORK = 200_000_000
+# A cached token moved this many positions in all since it was evaluated is evaluated afresh: the
+# error of a moved chunk grows with the text typed before it since (see editloop.models.kvcache).
+MAX_STALE = 64
 # Moved KV is parked this far out while the chunks are shifted, so no two ranges ever overlap.
 _PARK = 1 << 24
 _SPECIAL_ATTRS = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
@@ -86,6 +89,7 @@ class _Parked:
     """A document's prompt KV, copied out of sequence 0 while another document is active."""
 
     tokens: list[int]
+    stale: list[int]
     state: ctypes.Array
 
 
@@ -135,6 +139,7 @@ class LlamaBackend:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._native.vocab)
         self.cache_reuse = cache_reuse if llama_cpp.llama_memory_can_shift(self._native.memory) else 0
         self._cached: list[int] = []  # tokens whose KV sequence 0 holds, position i at index i
+        self._stale: list[int] = []  # how far each has been moved by KV shifts since it was evaluated
         self._document: str | None = None  # whose prompt sequence 0 holds
         self._parked: LruSlots[str | None, _Parked] = LruSlots(cache_documents - 1)
         self._pieces: dict[int, bytes] = {}
@@ -236,7 +241,7 @@ class LlamaBackend:
             return False
         parked = self._parked.take(document)  # before parking the current one takes its slot
         if self._cached and self._parked.capacity > 0:
-            self._parked.put(self._document, _Parked(list(self._cached), self._copy_out()))
+            self._parked.put(self._document, _Parked(list(self._cached), self._stale, self._copy_out()))
         self._document = document
         if parked is None:
             return True  # the other document's prompt may still share a prefix (e.g. extra context)
@@ -245,6 +250,7 @@ class LlamaBackend:
             self._native.ctx, ctypes.cast(parked.state, ctypes.POINTER(ctypes.c_uint8)), len(parked.state), 0
         )
         self._cached = list(parked.tokens) if read else []
+        self._stale = parked.stale if read else []
         if not read:
             llama_cpp.llama_memory_seq_rm(self._native.memory, 0, -1, -1)
         return True
@@ -263,7 +269,7 @@ class LlamaBackend:
         llama.cpp appends to a sequence only right after its last position, so moved chunks wait
         in a spare sequence and join sequence 0 once the new tokens before them are decoded.
         """
-        plan = plan_reuse(self._cached, prompt, self.cache_reuse)
+        plan = plan_reuse(self._cached, prompt, self.cache_reuse, self._stale, MAX_STALE)
         memory, spare = self._native.memory, self._spare
         for seq in range(1, spare + 1):
             llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
@@ -273,6 +279,7 @@ class LlamaBackend:
             self._forget_cache()
             plan = ReusePlan(0, [], list(range(len(prompt))))
         self._shift_parked(plan)
+        stale = staleness(plan, self._stale, len(prompt))
         del self._cached[plan.prefix :]
         row, pos = 0, plan.prefix
         for chunk in [*plan.chunks, None]:
@@ -281,6 +288,7 @@ class LlamaBackend:
                 interrupted = params.interruption()
                 if interrupted:
                     llama_cpp.llama_memory_seq_rm(memory, spare, -1, -1)
+                    self._stale = stale[:start]
                     return interrupted  # sequence 0 holds prompt[:start]: the next request reuses it
                 end = min(stop, start + PROMPT_BATCH)
                 self._decode([(prompt[p], p, 0, p == len(prompt) - 1) for p in range(start, end)])
@@ -292,6 +300,7 @@ class LlamaBackend:
                 self._cached.extend(prompt[chunk.to : chunk.to + size])
                 pos = chunk.to + size
         llama_cpp.llama_memory_seq_rm(memory, spare, -1, -1)
+        self._stale = stale
         return plan, row
 
     def _shift_parked(self, plan: ReusePlan) -> None:
@@ -369,7 +378,7 @@ class LlamaBackend:
     def _forget_cache(self) -> None:
         if self._free.alive:
             llama_cpp.llama_memory_clear(self._native.memory, True)
-        self._cached = []
+        self._cached, self._stale = [], []
 
     def _draft_base(self, prompt: list[int]) -> np.ndarray:
         """The prompt with the text before the cursor moved last, so the last tokens of
@@ -456,6 +465,7 @@ class _Decoder:
         self.stats = {"steps": 0, "drafted": 0, "accepted": 0, "branches": 1}
         self._lse: dict[int, float] = {}
         self._argmax: dict[int, int] = {}
+        self._rows: np.ndarray | None = None  # every logits row of the last step, in batch order
 
     def run(self, prompt_row: int) -> None:
         branches = [_Branch(0, list(self.candidates), [], self.prompt_len - 1, [prompt_row])]
@@ -491,7 +501,8 @@ class _Decoder:
             accepted = max(accepted, min(len(emitted) - 1, len(draft_tokens)))
             if c.finish is None:
                 groups.setdefault(tuple(emitted), []).append(c)
-        self.backend._drafts.record_draft(len(draft_tokens), accepted)
+        greedy = any(c.sampler is None for c in branch.candidates)
+        self.backend._drafts.record_draft(len(draft_tokens), accepted, greedy)
         self.stats["accepted"] += accepted
         memory = self.backend._native.memory
         out: list[_Branch] = []
@@ -537,12 +548,16 @@ class _Decoder:
         self.stats["drafted"] += len(entries) - len(branches)
         self._lse.clear()
         self._argmax.clear()
+        # Every entry asked for logits, so output i is batch row i: one view for all of them.
+        pointer = llama_cpp.llama_get_logits(self.backend._native.ctx)
+        self._rows = np.ctypeslib.as_array(pointer, shape=(len(entries), self.backend._n_vocab))
 
     def _draft(self, branch: _Branch) -> list[int]:
         if self.base is None:
             return []
         c = branch.candidates[0]
-        room = min(self.backend._drafts.length(), self.params.max_tokens - len(c.tokens) - 1)
+        greedy = any(m.sampler is None for m in branch.candidates)
+        room = min(self.backend._drafts.length(greedy), self.params.max_tokens - len(c.tokens) - 1)
         if room <= 0:
             return []
         return draft(np.concatenate([self.base, np.asarray(c.tokens, dtype=np.int64)]), room)
@@ -561,12 +576,15 @@ class _Decoder:
         if c.sampler is not None:
             return llama_cpp.llama_sampler_sample(c.sampler, self.backend._native.ctx, row)
         if row not in self._argmax:
-            self._argmax[row] = int(np.argmax(self.backend._logits(row)))
+            self._argmax[row] = int(np.argmax(self._logits(row)))
         return self._argmax[row]
+
+    def _logits(self, row: int) -> np.ndarray:
+        return self.backend._logits(row) if self._rows is None else self._rows[row]
 
     def _logprob(self, row: int, token: int) -> float:
         """log P(token) under the unscaled distribution of ``row``."""
-        logits = self.backend._logits(row)
+        logits = self._logits(row)
         if row not in self._lse:
             peak = float(logits.max())
             self._lse[row] = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))

@@ -13,7 +13,7 @@ never its output. :class:`DraftPolicy` decides how long a draft pays for itself.
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,17 +53,18 @@ class DraftPolicy:
     """
 
     limit: int
-    kept: float = 2.0  # decayed counts: drafted tokens kept, drafts ended by a rejected token
-    rejected: float = 2.0
+    # Decayed counts per kind of sequence (a greedy one keeps far more drafts than a sampled
+    # one): drafted tokens kept, and drafts ended by a rejected token.
+    kept: dict[bool, float] = field(default_factory=lambda: {True: 2.0, False: 2.0})
+    rejected: dict[bool, float] = field(default_factory=lambda: {True: 2.0, False: 2.0})
     step_ms: float | None = None  # a one-token decode step
     token_ms: float | None = None  # what each further token adds to a step
     decay: float = 0.95
 
-    @property
-    def acceptance(self) -> float:
-        return self.kept / (self.kept + self.rejected)
+    def acceptance(self, greedy: bool = True) -> float:
+        return self.kept[greedy] / (self.kept[greedy] + self.rejected[greedy])
 
-    def length(self) -> int:
+    def length(self, greedy: bool = True) -> int:
         if self.limit <= 0 or self.step_ms is None:
             return 0  # measure a plain step first
         if self.token_ms is None or self.token_ms <= 0:
@@ -71,14 +72,14 @@ class DraftPolicy:
         ratio = self.token_ms / self.step_ms
         if ratio >= 1:
             return 0
-        alpha = min(self.acceptance, 0.999)
+        alpha = min(self.acceptance(greedy), 0.999)
         return max(0, min(self.limit, int(math.log(ratio) / math.log(alpha))))
 
-    def record_draft(self, drafted: int, kept: int) -> None:
+    def record_draft(self, drafted: int, kept: int, greedy: bool = True) -> None:
         if drafted == 0:
             return
-        self.kept = self.kept * self.decay + kept
-        self.rejected = self.rejected * self.decay + (kept < drafted)
+        self.kept[greedy] = self.kept[greedy] * self.decay + kept
+        self.rejected[greedy] = self.rejected[greedy] * self.decay + (kept < drafted)
 
     def record_step(self, tokens: int, ms: float) -> None:
         if tokens == 1:
