@@ -114,11 +114,11 @@ def engine_prompts(version: ModelVersion, prompts: list[tuple[str, str]], n_ctx:
 class Raw:
     """llama-cpp-python's own ``create_completion`` (it keeps the KV of the longest common prefix)."""
 
-    def __init__(self, version: ModelVersion, n_ctx: int) -> None:
+    def __init__(self, version: ModelVersion, n_ctx: int, threads: int = THREADS) -> None:
         # A multiple of 256: llama.cpp pads the context and llama-cpp-python must size buffers alike.
         size = -(-max(n_ctx, 256) // 256) * 256
         self.llm = Llama(
-            str(version.gguf_path()), n_ctx=size, n_threads=THREADS, n_threads_batch=THREADS, verbose=False
+            str(version.gguf_path()), n_ctx=size, n_threads=threads, n_threads_batch=threads, verbose=False
         )
         self.texts: list[str] = []
 
@@ -253,8 +253,14 @@ def _ratio(report: dict, a: str, b: str, key: str = "p50_ms") -> float | None:
 # -- the typing trace --------------------------------------------------------------------------
 
 
-def trace_section(home: Path, version: ModelVersion, trace: Trace, n_ctx: int) -> dict:
-    """Every contender answers request i before any answers request i + 1."""
+def trace_section(
+    home: Path, version: ModelVersion, trace: Trace, n_ctx: int, raw_one_thread: bool = False
+) -> dict:
+    """Every contender answers request i before any answers request i + 1.
+
+    ``raw_one_thread`` adds raw llama-cpp on one thread: editloop runs a decode too small to share
+    on one, and this shows what that alone is worth.
+    """
     bodies = trace.bodies(max_tokens=MAX_TOKENS)
     ids = engine_prompts(version, [(r.prefix, r.suffix) for r in trace.requests], n_ctx)
     texts = prompt_texts(version, ids)
@@ -267,7 +273,7 @@ def trace_section(home: Path, version: ModelVersion, trace: Trace, n_ctx: int) -
             ("complete_n5", {}, 5),
         ):
             url, _ = stack.enter_context(background_server(server_settings(home, **overrides)))
-            editors[name] = (Editor(url, HEADERS, typeahead=name == "complete_n1"), n)
+            editors[name] = (Editor(url, HEADERS, typeahead=name in ("complete_n1", "complete_n5")), n)
             stack.callback(editors[name][0].close)
         server = httpx.Client(base_url=stack.enter_context(llama_cpp_server(version, n_ctx)), timeout=300)
         stack.callback(server.close)
@@ -285,6 +291,11 @@ def trace_section(home: Path, version: ModelVersion, trace: Trace, n_ctx: int) -
             "raw": lambda i: raw_s.append(raw(ids[i])),
             "llama_cpp_server_n1": ask_server,
         }
+        raw1_s: list[float] = []
+        if raw_one_thread:
+            raw1 = Raw(version, n_ctx, threads=1)
+            stack.callback(raw1.close)
+            contenders["raw_one_thread"] = lambda i: raw1_s.append(raw1(ids[i]))
         for name, (editor, n) in editors.items():
             contenders[name] = lambda i, e=editor, n=n: e.ask({**bodies[i], "n": n}, trace.requests[i].truth)
         for i in range(len(trace.requests)):
@@ -292,7 +303,13 @@ def trace_section(home: Path, version: ModelVersion, trace: Trace, n_ctx: int) -
             for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate who goes first
                 contenders[name](i)
         results = {name: editor.out for name, (editor, _) in editors.items()}
-        return _trace_report(trace, results, raw_s, server_s, raw.texts)
+        report = _trace_report(trace, results, raw_s, server_s, raw.texts)
+        if raw1_s:
+            report["raw_one_thread"] = percentiles(raw1_s)
+            report["ratios"]["complete_n1_vs_raw_one_thread_p50"] = _ratio(
+                report, "complete_n1", "raw_one_thread"
+            )
+        return report
 
 
 def _exact_matches(texts: list[str], truths: list[str]) -> int:
@@ -311,9 +328,9 @@ def _trace_report(
     report["llama_cpp_server_n1"] = percentiles(server_s)
     for name, replayed in results.items():
         report[name] = percentiles(replayed.latencies_s)
-    n1 = results["complete_n1"]
-    report["typeahead_hit"] = percentiles(n1.typeahead_s)
-    report["typeahead_misses"] = n1.typeahead_misses
+    typing_on = [results["complete_n1"], results["complete_n5"]]
+    report["typeahead_hit"] = percentiles([s for r in typing_on for s in r.typeahead_s])
+    report["typeahead_misses"] = sum(r.typeahead_misses for r in typing_on)
     report["cached_requests"] = {name: r.cached for name, r in results.items()}
     # complete_n1 moves cached chunks by KV shifts (the default); complete_n1_exact does not.
     shift, exact = results["complete_n1"].texts, results["complete_n1_exact"].texts
@@ -534,7 +551,8 @@ def main() -> None:
         n_ctx = version_context(version)
         report = {"model_version": version.name, "gguf": version.gguf_path().name, "max_tokens": MAX_TOKENS}
         report |= cursor_section(home, version, n_ctx, args.requests)
-        report["trace"] = trace_section(home, version, typing_trace(TRACE_FILE, args.trace_chars), n_ctx)
+        trace = typing_trace(TRACE_FILE, args.trace_chars)
+        report["trace"] = trace_section(home, version, trace, n_ctx, raw_one_thread=True)
         report["trace"]["speculative"] = speculative_section(version, n_ctx, args.speculative_prompts)
         if not args.skip_training:
             trace = typing_trace(TRACE_FILE, args.trace_chars // 2)

@@ -100,8 +100,9 @@ class Replayed:
 class Editor:
     """One editor's connection to ``/complete``: it asks, and records what it was shown and how fast.
 
-    With ``typeahead``, after a shown completion that the developer's next characters follow, the
-    request after typing two of them is timed too (a completion-cache hit, if all is well).
+    With ``typeahead``, after each shown completion the request after typing its first two
+    characters is timed too, as if the developer had (a completion-cache hit, if all is well);
+    the trace itself goes on with what the developer really typed.
     """
 
     def __init__(self, url: str, headers: dict, typeahead: bool = False) -> None:
@@ -120,7 +121,7 @@ class Editor:
         self.out.texts.append(shown)
         self.out.cached += bool(result.get("cached"))
         if self.typeahead:
-            self._type_into(body, shown, truth)
+            self._type_into(body, shown)
 
     def replay(self, bodies: list[dict], trace: Trace, paced: bool = False) -> Replayed:
         """Every request of ``trace`` in order, each at its typing time if ``paced``."""
@@ -134,9 +135,9 @@ class Editor:
     def close(self) -> None:
         self.http.close()
 
-    def _type_into(self, body: dict, shown: str, truth: str) -> None:
+    def _type_into(self, body: dict, shown: str) -> None:
         typed = shown[: len(shown) - len(shown.lstrip()) + 2]
-        if len(shown.strip()) < 3 or not truth.startswith(typed):
+        if len(shown.strip()) < 3:  # typing 2 of 2 characters leaves nothing to suggest
             return
         sent = time.perf_counter()
         reply = self.http.post("/complete", json={**body, "prefix": body["prefix"] + typed})

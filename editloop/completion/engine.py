@@ -64,6 +64,24 @@ class CompletionEngine:
         finally:
             self._release(request.document_id, cancel)
 
+    def complete_cached(self, request: CompletionRequest) -> CompletionResult | None:
+        """The completion cache's answer (a repeat, or typing into a shown completion), else None.
+
+        It takes microseconds and never waits on the model, so a server answers it on its event
+        loop without a thread hop; as :meth:`complete` would, it stops a decode the same document
+        still has running.
+        """
+        if self.cache is None:
+            return None
+        started = time.perf_counter()
+        language = request.language or language_for_path(request.filepath or "") or "text"
+        mode = resolve_mode(request.mode, request.prefix, request.suffix, language)
+        with self.models.lease() as backend:
+            result = self._from_cache(backend.version, language, mode, request, started)
+        if result is not None:
+            self._release(request.document_id, self._supersede(request.document_id, threading.Event()))
+        return result
+
     def _generate(
         self,
         backend,

@@ -26,7 +26,7 @@ from editloop.models.fim import ordered
 SUFFIX_SHARE, EXTRA_SHARE = 0.2, 0.25
 CHARS_PER_TOKEN_MAX = 8  # pre-trim text before tokenizing: no token is longer than this on average
 CHARS_PER_TOKEN = 4  # a typical code token, to size the window's grid in characters
-WINDOW_STEPS = 8
+WINDOW_STEPS = 16
 SPECIAL_MARGIN = 8
 MIN_PROMPT_TOKENS = 16
 

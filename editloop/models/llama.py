@@ -65,9 +65,10 @@ TOP_K = 64
 # A decode of fewer multiply-adds than this runs on one thread: waking a second one costs more
 # than it saves (a tiny model's step is ~0.1 ms of work; waking a thread on a busy machine, ms).
 ONE_THREAD_WORK = 200_000_000
-# A cached token moved this many positions in all since it was evaluated is evaluated afresh: the
-# error of a moved chunk grows with the text typed before it since (see editloop.models.kvcache).
-MAX_STALE = 64
+# A cached token moved by more than 1/STALE_SHARE of the context in all since it was evaluated is
+# evaluated afresh: a moved chunk's error grows with the text typed or dropped before it since
+# (see editloop.models.kvcache). The prompt's window slides 1/16 of the context at a time.
+STALE_SHARE = 8
 # Moved KV is parked this far out while the chunks are shifted, so no two ranges ever overlap.
 _PARK = 1 << 24
 _SPECIAL_ATTRS = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
@@ -269,7 +270,7 @@ class LlamaBackend:
         llama.cpp appends to a sequence only right after its last position, so moved chunks wait
         in a spare sequence and join sequence 0 once the new tokens before them are decoded.
         """
-        plan = plan_reuse(self._cached, prompt, self.cache_reuse, self._stale, MAX_STALE)
+        plan = plan_reuse(self._cached, prompt, self.cache_reuse, self._stale, self.n_ctx // STALE_SHARE)
         memory, spare = self._native.memory, self._spare
         for seq in range(1, spare + 1):
             llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
