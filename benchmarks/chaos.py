@@ -751,7 +751,7 @@ def starter_models(model_home: Path | None, cache: Path) -> Path:
     if model_home is not None:
         return model_home / "models"
     if not (cache / "models" / "current.json").exists():
-        from editloop.models.bootstrap import BootstrapOptions, bootstrap
+        from editloop.starter.bootstrap import BootstrapOptions, bootstrap
 
         bootstrap(load_settings(home=cache), BootstrapOptions(size="tiny"))
     return cache / "models"

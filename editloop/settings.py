@@ -68,6 +68,29 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=10.0, gt=0, description="Hard limit on one completion request.")
     model_quant: str | None = Field(default=None, description="GGUF quant to serve; default q8_0, else f16.")
     model_threads: int = Field(default=0, ge=0, description="llama.cpp threads; 0 uses every core.")
+    model_context: int = Field(
+        default=2048,
+        ge=0,
+        description="Tokens of prompt + completion the in-process model runs with (its trained context if "
+        "smaller; 0: the trained context). Prompt evaluation dominates latency on a CPU.",
+    )
+    model_cache_documents: int = Field(
+        default=4,
+        ge=0,
+        description="Documents whose prompt KV cache the in-process model keeps (one slot each).",
+    )
+    model_cache_reuse: int = Field(
+        default=16,
+        ge=0,
+        description="Reuse cached runs of at least this many tokens by a KV shift (llama.cpp's "
+        "--cache-reuse; approximate, bounded); 0 reuses only the exact common prefix.",
+    )
+    model_draft_max: int = Field(
+        default=8,
+        ge=0,
+        le=64,
+        description="Tokens drafted per step by prompt lookup (exact); 0 turns it off.",
+    )
     backend: Literal["llama", "remote"] = Field(
         default="llama", description="Run the model in-process or remote."
     )

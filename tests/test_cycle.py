@@ -203,6 +203,7 @@ def test_operators_retrain_through_the_trainer_beside_serve(replayed_home, tmp_p
             status = json.loads(done.stdout) if done.returncode == 0 else {}
         assert status.get("trainer_alive"), "the trainer beside `editloop serve` never reported"
         (trainer,) = [p for p in _children(server.pid) if "trainer" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert os.sched_getscheduler(trainer) == os.SCHED_IDLE  # serving keeps the CPU it asks for
         done = subprocess.run(
             [sys.executable, "-m", "editloop", "retrain", "--wait", "--force", "--json"],
             env=env,
@@ -235,6 +236,21 @@ def test_operators_retrain_through_the_trainer_beside_serve(replayed_home, tmp_p
     while Path(f"/proc/{trainer}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{trainer}").exists()
+
+
+def test_the_trainer_beside_a_server_and_its_threads_run_on_idle_cpu_only() -> None:
+    from editloop.server.main import _as_sidecar
+
+    code = (
+        "import os, threading\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))\n"
+        "t.start(); t.join()\n"
+        "print(os.sched_getscheduler(0) == seen[0] == os.SCHED_IDLE)\n"
+    )
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, preexec_fn=_as_sidecar, capture_output=True, text=True)
+    assert done.stdout.strip() == "True", done.stderr
 
 
 def test_rehearsal_rows_come_from_the_starter_training_files_only() -> None:

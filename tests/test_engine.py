@@ -1,5 +1,6 @@
 """The engine on the real tiny model: prompts within budget, ranking, abstaining, cache, latest-wins."""
 
+import itertools
 import threading
 import time
 
@@ -10,6 +11,7 @@ from editloop.completion.engine import CompletionEngine, EngineConfig
 from editloop.completion.prompt import build_prompt
 from editloop.completion.served import load_served
 from editloop.completion.types import CompletionRequest, Snippet
+from editloop.models.kvcache import common_prefix
 from editloop.models.llama import LlamaBackend
 from editloop.models.manager import ModelManager
 
@@ -56,6 +58,23 @@ def test_prompt_fits_the_budget_and_keeps_the_cursor_side(backend) -> None:
     head = backend.tokenize("\nprint(y)\n")
     start = prompt.ids.index(suffix_id) + 1
     assert prompt.ids[start : start + len(head)] == head
+
+
+def test_typing_leaves_the_prefix_cut_in_place(backend) -> None:
+    """The window slides in steps, not per keystroke: consecutive prompts share their beginning."""
+    text = "def area(w, h):\n    return w * h\n\n\nx = area(3, 4)\n" * 300
+    prompts = [build_prompt(backend, text[:n], "\nprint(x)\n", [], None, 32) for n in range(6000, 6600, 5)]
+    assert all(p.truncated and len(p.ids) <= backend.n_ctx - 32 for p in prompts)
+
+    # Consecutive prompts agree up to the last few prefix tokens (retokenized as typing goes on).
+    def kept_start(a, b) -> bool:
+        cursor = len(a.ids) - 1 if backend.fim.spm else len(a.ids) - a.suffix_tokens - 2
+        return common_prefix(a.ids, b.ids) >= cursor - 4
+
+    kept = [kept_start(a, b) for a, b in itertools.pairwise(prompts)]
+    assert sum(kept) >= 0.9 * len(kept)
+    assert not all(kept)  # the cut did move, a step at a time
+    assert min(p.prefix_tokens for p in prompts) > 0.6 * max(p.prefix_tokens for p in prompts)
 
 
 def test_extra_context_uses_the_repo_layout(backend) -> None:

@@ -1,5 +1,7 @@
-"""LlamaBackend against the real tiny GGUF: parity with llama-cpp-python, batching, KV reuse, stops."""
+"""LlamaBackend against the real tiny GGUF: parity with llama-cpp-python, batching, KV reuse,
+speculative decoding, sampling in llama.cpp, stops."""
 
+import ctypes
 import dataclasses
 import threading
 import time
@@ -12,7 +14,7 @@ from llama_cpp import Llama
 
 from editloop.errors import ModelError
 from editloop.models.backend import GenerationParams
-from editloop.models.llama import LlamaBackend, _Candidate, _logprob, _sample
+from editloop.models.llama import TOP_K, LlamaBackend, _Candidate, _sampler
 from editloop.models.registry import ModelVersion
 
 SNIPPETS = [
@@ -141,23 +143,30 @@ def test_candidates_that_would_overflow_the_kv_cache_are_dropped(tiny_version: M
 def test_temperature_zero_decodes_one_sequence(backend: LlamaBackend, count_decodes: list[int]) -> None:
     prompt = fim_prompt(backend, *SNIPPETS[2])
     result = backend.generate(prompt, GenerationParams(n=3, max_tokens=8, temperature=0.0))
-    assert result.extra["sequences"] == 1
+    assert result.extra["sequences"] == result.extra["branches"] == 1
     assert len(result.generations) == 3
     assert result.generations[0] == result.generations[1] == result.generations[2]
-    assert max(count_decodes) <= len(prompt) and all(size == 1 for size in count_decodes[1:])
+    # Each step decodes the one sequence's last token and at most draft_max drafted ones.
+    assert max(count_decodes) <= len(prompt)
+    assert all(1 <= size <= 1 + backend.draft_max for size in count_decodes[1:])
 
 
-def test_n_candidates_share_one_decode_pass(backend: LlamaBackend, count_decodes: list[int]) -> None:
+def test_n_candidates_share_one_decode_pass(tiny_version: ModelVersion, count_decodes: list[int]) -> None:
     k = 10
-    prompt = fim_prompt(backend, "def fresh_prompt_for_decode_count(x):\n    ", "\n")
-    result = backend.generate(prompt, GenerationParams(n=8, max_tokens=k, temperature=1.0, seed=1))
+    b = LlamaBackend.from_version(tiny_version, n_threads=2, draft_max=0)
+    try:
+        prompt = fim_prompt(b, "def fresh_prompt_for_decode_count(x):\n    ", "\n")
+        result = b.generate(prompt, GenerationParams(n=8, max_tokens=k, temperature=1.0, seed=1))
+    finally:
+        b.close()
     generated = sum(len(g.token_ids) for g in result.generations)
     # One call for the prompt, then one per step for every live sequence together: not 8 × k.
     assert count_decodes[0] == len(prompt) - result.cached_tokens
     assert len(count_decodes) <= 1 + k
-    # The first step feeds every candidate whose first token did not end it, all in one call.
-    assert count_decodes[1] == sum(1 for g in result.generations if g.token_ids) >= 2
-    assert generated > len(count_decodes)
+    # The first step feeds one sequence per distinct first token of the candidates it did not end.
+    firsts = {g.token_ids[0] for g in result.generations if g.token_ids}
+    assert count_decodes[1] == len(firsts) >= 2
+    assert generated > sum(count_decodes[1:])  # candidates that agree share their decode
 
 
 def test_stop_strings_cut_the_text(backend: LlamaBackend) -> None:
@@ -182,7 +191,7 @@ def test_stop_strings_cut_the_text(backend: LlamaBackend) -> None:
 
 def test_split_utf8_characters_decode_once_complete() -> None:
     params = GenerationParams(max_tokens=8, stop=("é!",))
-    candidate = _Candidate.start(0, params)
+    candidate = _Candidate(0, None)
     for token, piece in enumerate([b"caf", b"\xc3", b"\xa9", b"!", b"x"]):
         candidate.add(token, -1.0, piece, params)
         if candidate.finish:
@@ -287,20 +296,37 @@ def test_closed_backend_refuses_work(tiny_version: ModelVersion) -> None:
         b.tokenize("x = 1")
 
 
-def test_sampling_draws_from_the_top_p_nucleus() -> None:
+def test_sampler_chain_draws_from_the_top_p_nucleus_at_temperature() -> None:
+    """Candidates' llama.cpp chain: the top 64, at temperature, then their top-p nucleus; seeded."""
     logits = (np.random.default_rng(3).standard_normal(300) * 2).astype(np.float32)
     temperature, top_p = 0.7, 0.9
-    probs = np.exp(logits.astype(np.float64) / temperature)
+    order = np.argsort(-logits)[:TOP_K]
+    probs = np.exp(logits[order].astype(np.float64) / temperature)
     probs /= probs.sum()
-    order = np.argsort(-probs)
-    size = int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1
-    expected = np.zeros_like(probs)
-    expected[order[:size]] = probs[order[:size]] / probs[order[:size]].sum()
-    rng = np.random.default_rng(0)
-    draws = [_sample(logits, rng, temperature, top_p) for _ in range(20_000)]
+    size = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
+    expected = np.zeros(len(logits))
+    expected[order[:size]] = probs[:size] / probs[:size].sum()
+    params = GenerationParams(n=2, temperature=temperature, top_p=top_p, seed=5)
+    draws, again = _draw(params, logits, 20_000), _draw(params, logits, 50)
     frequencies = np.bincount(draws, minlength=len(logits)) / len(draws)
     assert frequencies[expected == 0].sum() == 0
     np.testing.assert_allclose(frequencies, expected, atol=0.01)
-    assert _sample(logits, None, temperature, top_p) == int(np.argmax(logits))
-    exact = np.log(np.exp(logits.astype(np.float64)) / np.exp(logits.astype(np.float64)).sum())
-    assert _logprob(logits, 7) == pytest.approx(exact[7], abs=1e-6)
+    assert draws[:50] == again  # seeded: the same candidate draws the same tokens
+    assert _draw(dataclasses.replace(params, seed=6), logits, 50) != again
+
+
+def _draw(params: GenerationParams, logits: np.ndarray, count: int) -> list[int]:
+    """Tokens candidate 1's sampler chain picks from ``logits``, ``count`` times in a row."""
+    chain = _sampler(params, 1)
+    try:
+        out = []
+        for _ in range(count):
+            data = (llama_cpp.llama_token_data * len(logits))(
+                *(llama_cpp.llama_token_data(i, float(v), 0.0) for i, v in enumerate(logits))
+            )
+            array = llama_cpp.llama_token_data_array(data, len(logits), -1, False)
+            llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+            out.append(int(array.data[array.selected].id))
+        return out
+    finally:
+        llama_cpp.llama_sampler_free(chain)

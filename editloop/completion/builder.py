@@ -36,11 +36,26 @@ def backend_factory(settings: Settings) -> Callable[[ModelVersion], Backend]:
         return LlamaBackend.from_version(
             version,
             quant=settings.model_quant,
+            n_ctx=_serving_context(settings, version),
             n_threads=settings.model_threads or None,
             max_candidates=settings.max_candidates,
+            cache_documents=settings.model_cache_documents,
+            cache_reuse=settings.model_cache_reuse,
+            draft_max=settings.model_draft_max,
         )
 
     return load
+
+
+def _serving_context(settings: Settings, version: ModelVersion) -> int:
+    """``model_context`` where the model was trained on more; 0 (the trained context) otherwise."""
+    if not settings.model_context:
+        return 0
+    try:
+        trained = _context_length(version)
+    except KeyError:  # a GGUF without the key: llama.cpp decides
+        return 0
+    return settings.model_context if settings.model_context < trained else 0
 
 
 def _context_length(version: ModelVersion) -> int:

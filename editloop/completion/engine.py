@@ -92,6 +92,25 @@ class CompletionEngine:
         override = self.config.abstain_threshold
         return _Ranking(name, ranker, threshold if override is None else override)
 
+    def complete_cached(self, request: CompletionRequest) -> CompletionResult | None:
+        """The completion cache's answer (a repeat, or typing into a shown completion), else None.
+
+        It takes microseconds and never waits on the model, so a server answers it on its event
+        loop without a thread hop; as :meth:`complete` would, it stops a decode the same document
+        still has running.
+        """
+        if self.cache is None:
+            return None
+        started = time.perf_counter()
+        language = request.language or language_for_path(request.filepath or "") or "text"
+        mode = resolve_mode(request.mode, request.prefix, request.suffix, language)
+        with self.models.lease(arm_key(request)) as served:
+            ranking = self._ranking(served, request)
+            result = self._from_cache(served.version, ranking, language, mode, request, started)
+        if result is not None:
+            self._release(request.document_id, self._supersede(request.document_id, threading.Event()))
+        return result
+
     def _generate(
         self,
         served: ServedModel,
@@ -119,6 +138,7 @@ class CompletionEngine:
             stop=("\n",) if mode == "line" else (),
             deadline=deadline,
             cancel=cancel,
+            document=request.document_id or request.filepath,
         )
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()

@@ -9,6 +9,11 @@ repo-level layout Qwen2.5-Coder was trained on::
 
 (suffix first, ``<|fim_suffix|>{suffix}<|fim_prefix|>{prefix}<|fim_middle|>``, for a model whose
 template says ``spm``).
+
+A prefix too long for its share is cut at a line start on a fixed grid of character offsets
+(:data:`WINDOW_STEPS` steps per context), not token by token: while the user types, the cut stays
+where it was, consecutive prompts begin alike, and a KV cache keeps what they share. The prefix
+gives up at most one step of its share for that.
 """
 
 from dataclasses import dataclass
@@ -20,6 +25,8 @@ from editloop.models.fim import ordered
 
 SUFFIX_SHARE, EXTRA_SHARE = 0.2, 0.25
 CHARS_PER_TOKEN_MAX = 8  # pre-trim text before tokenizing: no token is longer than this on average
+CHARS_PER_TOKEN = 4  # a typical code token, to size the window's grid in characters
+WINDOW_STEPS = 16
 SPECIAL_MARGIN = 8
 MIN_PROMPT_TOKENS = 16
 
@@ -59,11 +66,31 @@ def build_prompt(
         _extra(backend, extra, filepath, sep_id, int(budget * EXTRA_SHARE)) if sep_id is not None else []
     )
     room = budget - len(suffix_ids) - len(extra_ids)
-    prefix_all = backend.tokenize(prefix[-room * CHARS_PER_TOKEN_MAX :]) if prefix and room > 0 else []
-    prefix_ids = prefix_all[len(prefix_all) - room :] if room > 0 else []
-    truncated = len(prefix_ids) < len(prefix_all) or len(prefix) > room * CHARS_PER_TOKEN_MAX
+    step = max(CHARS_PER_TOKEN, backend.n_ctx * CHARS_PER_TOKEN // WINDOW_STEPS)
+    prefix_ids, truncated = _tail(backend, prefix, room, step)
     ids = [*extra_ids, *ordered(prefix_ids, suffix_ids, (pre_id, suf_id, mid_id), fim.spm)]
     return Prompt(ids, len(prefix_ids), len(suffix_ids), len(extra_ids), truncated)
+
+
+def _tail(backend: Backend, text: str, limit: int, step: int) -> tuple[list[int], bool]:
+    """The end of ``text`` in at most ``limit`` tokens, cut at a line start after a multiple of
+    ``step`` characters; and whether anything was cut."""
+    if not text or limit <= 0:
+        return [], bool(text)
+    start = max(0, len(text) - limit * CHARS_PER_TOKEN_MAX)
+    ids = backend.tokenize(text[start:])
+    if len(ids) <= limit and start == 0:
+        return ids, False
+    # Where the cut must be at least, from this text's own characters per token.
+    least = len(text) - int(limit * (len(text) - start) / max(1, len(ids)))
+    cut = -(-max(least, start) // step) * step
+    for _ in range(4):
+        line = text.find("\n", cut, cut + step)
+        kept = backend.tokenize(text[line + 1 if line >= 0 else cut :]) if cut < len(text) else []
+        if len(kept) <= limit:
+            return kept, True
+        cut += step
+    return ids[len(ids) - limit :], True
 
 
 def _head(backend: Backend, text: str, limit: int) -> list[int]:

@@ -28,6 +28,8 @@ class GenerationParams:
     stop: tuple[str, ...] = ()  # a candidate ends at the first of these; the stop string is cut off
     deadline: float | None = None  # time.monotonic() after which decoding stops ("deadline")
     cancel: threading.Event | None = None  # set by a newer request or a disconnect ("cancelled")
+    # Whose prompt this is (a file): a backend that caches prompts keeps one cache per document.
+    document: str | None = None
 
     def interruption(self) -> FinishReason | None:
         """Why decoding must stop now, if it must."""

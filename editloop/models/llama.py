@@ -1,12 +1,23 @@
 """The in-process backend: llama.cpp through llama-cpp-python's low-level API.
 
-``n`` candidates cost one prompt evaluation and one ``llama_decode`` per new token: the prompt is
-evaluated once on sequence 0, its KV is shared with sequences 1..n-1 (a unified KV cache makes
-``llama_memory_seq_cp`` a metadata copy), and every step decodes one token of each live sequence
-as a single batch. Candidate 0 is greedy; the others sample with their own seeded generator.
+Latency on editor traffic comes from four things, all here:
 
-Sequence 0's KV outlives the request: the next prompt re-evaluates only what follows the
-longest common prefix, which for an editor typing at the cursor is most of the prompt.
+- **KV reuse across requests.** The active document's prompt stays in sequence 0; the next prompt
+  evaluates only what the cache lacks (:func:`~editloop.models.kvcache.plan_reuse`: the common
+  prefix, and with ``cache_reuse`` runs moved by a KV shift as llama.cpp's ``--cache-reuse``).
+  The KV of the last ``cache_documents`` - 1 other documents is parked in host memory, so two
+  files edited in turn do not evict each other.
+- **n candidates, one batch.** Candidates share the prompt's KV (a unified KV cache makes
+  ``llama_memory_seq_cp`` a metadata copy). Candidates that have produced the same tokens share
+  one sequence and are decoded once; a sequence forks only where their tokens differ, so a
+  candidate that duplicates another costs nothing until it stops duplicating it.
+- **Sampling in llama.cpp.** Candidate 0 is greedy; each other one samples with its own seeded
+  llama.cpp sampler chain (top-k, temperature, top-p, dist). The ranker's log-probs (under the
+  unscaled distribution) are one vectorised log-softmax per decoded row.
+- **Prompt-lookup speculative decoding.** Each step a sequence decodes its last token plus a
+  draft copied from the context (:mod:`~editloop.models.speculative`); a candidate keeps the
+  drafted tokens its own sampler picks at each position, and its first own pick ends the run.
+  Every candidate therefore emits exactly the tokens it would have emitted without drafts.
 
 >>> backend = LlamaBackend.from_version(registry.get("current"))
 >>> result = backend.generate(prompt_ids, GenerationParams(n=4, max_tokens=32, stop=("\\n",)))
@@ -25,6 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+# llama.cpp's CPU threads wait for work in OpenMP, which spins by default: on a busy machine (a
+# trainer beside the server, other processes) a spinning waiter holds the core its partner needs,
+# and a 2-thread decode of a 0.5B model went from 33 ms to 1.4 s a token. libgomp reads this once,
+# when it is loaded, so it is set before llama_cpp is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 import llama_cpp
 import numpy as np
 from llama_cpp._logger import set_verbose
@@ -33,14 +50,27 @@ from llama_cpp._utils import suppress_stdout_stderr
 from editloop.errors import ModelError
 from editloop.models.backend import FinishReason, Generation, GenerationParams, GenerationResult
 from editloop.models.fim import FimTemplate
+from editloop.models.kvcache import LruSlots, ReusePlan, plan_reuse, staleness
 from editloop.models.registry import ModelVersion
+from editloop.models.speculative import DraftPolicy, draft
 
-# KV cells reserved per sampled candidate beyond the first. Completions are short (Tabby: 64
-# tokens), so this covers them at a few percent more KV memory; a longer request decodes fewer
-# candidates rather than failing.
+# KV cells reserved per sequence beyond the first. Completions are short (Tabby: 64 tokens), so
+# this covers them at a few percent more KV memory; a longer request decodes fewer candidates
+# rather than failing.
 SAMPLED_RESERVE = 256
 PROMPT_BATCH = 512
-NEGLIGIBLE = 25.0
+# Sampled candidates draw from the 64 likeliest tokens: past them a code model's tail holds next
+# to nothing, and without the cut llama.cpp sorts all 151,936 of a real vocabulary per token.
+TOP_K = 64
+# A decode of fewer multiply-adds than this runs on one thread: waking a second one costs more
+# than it saves (a tiny model's step is ~0.1 ms of work; waking a thread on a busy machine, ms).
+ONE_THREAD_WORK = 200_000_000
+# A cached token moved by more than 1/STALE_SHARE of the context in all since it was evaluated is
+# evaluated afresh: a moved chunk's error grows with the text typed or dropped before it since
+# (see editloop.models.kvcache). The prompt's window slides 1/16 of the context at a time.
+STALE_SHARE = 8
+# Moved KV is parked this far out while the chunks are shifted, so no two ranges ever overlap.
+_PARK = 1 << 24
 _SPECIAL_ATTRS = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
 
 
@@ -55,14 +85,26 @@ class _Native:
     memory: Any
 
 
+@dataclass
+class _Parked:
+    """A document's prompt KV, copied out of sequence 0 while another document is active."""
+
+    tokens: list[int]
+    stale: list[int]
+    state: ctypes.Array
+
+
 class LlamaBackend:
     """A GGUF model in this process; implements :class:`~editloop.models.backend.Backend`.
 
     ``n_ctx`` is the most tokens one candidate's prompt plus completion may hold (0: the
     model's trained context). The KV cache holds that plus :data:`SAMPLED_RESERVE` tokens for
-    each further candidate; a request whose candidates would not fit decodes fewer of them
-    (``result.extra["sequences"]`` says how many ran). One llama context is not thread-safe, so
-    ``generate`` calls are serialised by a lock.
+    each further sequence; a request whose candidates would not fit decodes fewer of them
+    (``result.extra["sequences"]`` says how many ran). ``cache_documents`` documents keep their
+    prompt's KV (0 or 1: only the last prompt's); ``cache_reuse`` is the shortest run of tokens
+    moved by a KV shift (0: only the exact common prefix is reused); ``draft_max`` bounds the
+    tokens drafted per step (0: no speculative decoding). One llama context is not thread-safe,
+    so ``generate`` calls are serialised by a lock.
     """
 
     def __init__(
@@ -73,26 +115,39 @@ class LlamaBackend:
         n_ctx: int = 0,
         n_threads: int | None = None,
         max_candidates: int = 8,
+        cache_documents: int = 4,
+        cache_reuse: int = 0,
+        draft_max: int = 8,
     ) -> None:
-        if not 1 <= max_candidates <= llama_cpp.llama_max_parallel_sequences():
+        most = llama_cpp.llama_max_parallel_sequences() - 1  # one sequence is the spare
+        if not 1 <= max_candidates <= most:
             raise ModelError(
-                f"max_candidates={max_candidates} is out of range; "
-                f"llama.cpp decodes 1 to {llama_cpp.llama_max_parallel_sequences()} sequences at once"
+                f"max_candidates={max_candidates} is out of range; this build decodes 1 to {most}"
             )
         self.version = version
         self.fim = fim
         self.max_candidates = max_candidates
+        self.draft_max = max(0, draft_max)
         self._lock = threading.Lock()
         threads = n_threads or os.cpu_count() or 1
         self._native, self.n_ctx = _load(Path(gguf_path), n_ctx, threads, max_candidates)
         # weakref.finalize, not __del__: it runs at interpreter exit while llama_cpp is still intact.
         self._free = weakref.finalize(self, _free_native, self._native)
+        self._threads, self._threads_now = threads, threads
+        self._n_params = llama_cpp.llama_model_n_params(self._native.model)
         self._kv_cells = llama_cpp.llama_n_ctx(self._native.ctx)
+        self._spare = max_candidates  # the sequence moved chunks wait in (sequences 1.. are candidates)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._native.vocab)
+        self.cache_reuse = cache_reuse if llama_cpp.llama_memory_can_shift(self._native.memory) else 0
         self._cached: list[int] = []  # tokens whose KV sequence 0 holds, position i at index i
+        self._stale: list[int] = []  # how far each has been moved by KV shifts since it was evaluated
+        self._document: str | None = None  # whose prompt sequence 0 holds
+        self._parked: LruSlots[str | None, _Parked] = LruSlots(cache_documents - 1)
         self._pieces: dict[int, bytes] = {}
+        self._drafts = DraftPolicy(self.draft_max)  # learns what drafting costs and earns here
         named = (*fim.eos, fim.pad, fim.file_sep)
         self._end_ids = frozenset(i for t in named if t and (i := self.special_id(t)) is not None)
+        self._fim_ids = tuple(self.special_id(t) for t in (fim.prefix, fim.suffix, fim.middle))
 
     @classmethod
     def from_version(cls, version: ModelVersion, quant: str | None = None, **kw: Any) -> Self:
@@ -122,6 +177,7 @@ class LlamaBackend:
 
     def close(self) -> None:
         with self._lock:
+            self._parked.clear()
             self._free()
 
     # -- one request -----------------------------------------------------------------------
@@ -129,30 +185,40 @@ class LlamaBackend:
     def _generate(self, prompt: list[int], params: GenerationParams) -> GenerationResult:
         self._check_prompt(prompt, params.max_tokens)
         wanted = 1 if params.temperature <= 0 else min(params.n, self.max_candidates)
-        # Sequence 0's prompt cells are shared, each other sequence adds up to max_tokens cells.
-        fits = max(1, (self._kv_cells - len(prompt)) // max(1, params.max_tokens))
-        candidates = [_Candidate.start(i, params) for i in range(min(wanted, fits))]
+        # Sequence 0's prompt cells are shared, each other sequence adds its tokens and a draft.
+        per_sequence = max(1, params.max_tokens + self.draft_max)
+        fits = max(1, (self._kv_cells - len(prompt)) // per_sequence)
         started = time.monotonic()
+        switched = self._select_document(params.document)
         evaluated = self._eval_prompt(prompt, params)
         prompt_done = time.monotonic()
-        if isinstance(evaluated, str):
-            for candidate in candidates:
-                candidate.finish = evaluated
-            cached = 0
-        else:
-            cached, row = evaluated
-            self._decode_candidates(candidates, row, len(prompt), params)
-        generations = [c.result() for c in candidates]
+        decoder = _Decoder(self, prompt, params, min(wanted, fits))
+        try:
+            if isinstance(evaluated, str):
+                decoder.interrupt(evaluated)
+                plan = None
+            else:
+                plan, row = evaluated
+                decoder.run(row)
+        finally:
+            decoder.close()
+            self._drop_generated(len(prompt))
+        generations = [c.result() for c in decoder.candidates]
         # Greedy-only requests still answer one generation per requested candidate.
         while len(generations) < params.n and wanted == 1:
             generations.append(_copy(generations[0]))
         return GenerationResult(
             generations=generations,
             prompt_tokens=len(prompt),
-            cached_tokens=cached,
+            cached_tokens=plan.kept if plan else 0,
             prompt_ms=(prompt_done - started) * 1000,
             decode_ms=(time.monotonic() - prompt_done) * 1000,
-            extra={"sequences": len(candidates)},
+            extra={
+                "sequences": len(decoder.candidates),
+                "shifted_tokens": plan.kept - plan.prefix if plan else 0,
+                "document_switched": switched,
+                **decoder.stats,
+            },
         )
 
     def _check_prompt(self, prompt: list[int], max_tokens: int) -> None:
@@ -168,80 +234,113 @@ class LlamaBackend:
         if bad:
             raise ModelError(f"token id {bad[0]} is outside the vocabulary of {self._n_vocab} tokens")
 
-    def _eval_prompt(self, prompt: list[int], params: GenerationParams) -> tuple[int, int] | FinishReason:
-        """Make sequence 0 hold ``prompt``: (cached tokens, logits row of its last token), or why not."""
-        # The last token is always evaluated again: its logits start the completion.
-        keep = min(_common_prefix(self._cached, prompt), len(prompt) - 1)
-        for seq in range(1, self.max_candidates):
-            llama_cpp.llama_memory_seq_rm(self._native.memory, seq, -1, -1)
-        if not llama_cpp.llama_memory_seq_rm(self._native.memory, 0, keep, -1):
+    # -- the prompt's KV -------------------------------------------------------------------
+
+    def _select_document(self, document: str | None) -> bool:
+        """Make sequence 0 hold ``document``'s cached prompt if one is parked; True if it switched."""
+        if document == self._document:
+            return False
+        parked = self._parked.take(document)  # before parking the current one takes its slot
+        if self._cached and self._parked.capacity > 0:
+            self._parked.put(self._document, _Parked(list(self._cached), self._stale, self._copy_out()))
+        self._document = document
+        if parked is None:
+            return True  # the other document's prompt may still share a prefix (e.g. extra context)
+        llama_cpp.llama_memory_seq_rm(self._native.memory, 0, -1, -1)
+        read = llama_cpp.llama_state_seq_set_data(
+            self._native.ctx, ctypes.cast(parked.state, ctypes.POINTER(ctypes.c_uint8)), len(parked.state), 0
+        )
+        self._cached = list(parked.tokens) if read else []
+        self._stale = parked.stale if read else []
+        if not read:
+            llama_cpp.llama_memory_seq_rm(self._native.memory, 0, -1, -1)
+        return True
+
+    def _copy_out(self) -> ctypes.Array:
+        size = llama_cpp.llama_state_seq_get_size(self._native.ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self._native.ctx, buffer, size, 0)
+        return buffer if written == size else (ctypes.c_uint8 * 0)()
+
+    def _eval_prompt(
+        self, prompt: list[int], params: GenerationParams
+    ) -> tuple[ReusePlan, int] | FinishReason:
+        """Make sequence 0 hold ``prompt``: (what was reused, logits row of its last token), or why not.
+
+        llama.cpp appends to a sequence only right after its last position, so moved chunks wait
+        in a spare sequence and join sequence 0 once the new tokens before them are decoded.
+        """
+        plan = plan_reuse(self._cached, prompt, self.cache_reuse, self._stale, self.n_ctx // STALE_SHARE)
+        memory, spare = self._native.memory, self._spare
+        for seq in range(1, spare + 1):
+            llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+        for chunk in plan.chunks:
+            llama_cpp.llama_memory_seq_cp(memory, 0, spare, chunk.start, chunk.end)
+        if not llama_cpp.llama_memory_seq_rm(memory, 0, plan.prefix, -1):
             self._forget_cache()
-            keep = 0
-        del self._cached[keep:]
-        row = 0
-        for start in range(keep, len(prompt), PROMPT_BATCH):
-            interrupted = params.interruption()
-            if interrupted:
-                return interrupted
-            chunk = prompt[start : start + PROMPT_BATCH]
-            self._decode([(token, start + i, 0) for i, token in enumerate(chunk)], logits_last_only=True)
-            self._cached.extend(chunk)
-            row = len(chunk) - 1
-        return keep, row
+            plan = ReusePlan(0, [], list(range(len(prompt))))
+        self._shift_parked(plan)
+        stale = staleness(plan, self._stale, len(prompt))
+        del self._cached[plan.prefix :]
+        row, pos = 0, plan.prefix
+        for chunk in [*plan.chunks, None]:
+            stop = chunk.to if chunk else len(prompt)
+            for start in range(pos, stop, PROMPT_BATCH):
+                interrupted = params.interruption()
+                if interrupted:
+                    llama_cpp.llama_memory_seq_rm(memory, spare, -1, -1)
+                    self._stale = stale[:start]
+                    return interrupted  # sequence 0 holds prompt[:start]: the next request reuses it
+                end = min(stop, start + PROMPT_BATCH)
+                self._decode([(prompt[p], p, 0, p == len(prompt) - 1) for p in range(start, end)])
+                self._cached.extend(prompt[start:end])
+                row = end - start - 1
+            if chunk:
+                size = chunk.end - chunk.start
+                llama_cpp.llama_memory_seq_cp(memory, spare, 0, chunk.to, chunk.to + size)
+                self._cached.extend(prompt[chunk.to : chunk.to + size])
+                pos = chunk.to + size
+        llama_cpp.llama_memory_seq_rm(memory, spare, -1, -1)
+        self._stale = stale
+        return plan, row
 
-    def _decode_candidates(
-        self, candidates: list["_Candidate"], row: int, pos: int, params: GenerationParams
-    ) -> None:
-        """Sample and decode every candidate one token per step until each has finished."""
-        rows = dict.fromkeys(range(len(candidates)), row)  # all start from the prompt's logits
-        shared = False
-        while True:
-            for c in candidates:
-                if c.finish is None:
-                    self._step(c, rows[c.seq], params)
-            live = [c for c in candidates if c.finish is None]
-            interrupted = params.interruption() if live else None
-            if not live or interrupted:
-                for c in live:
-                    c.finish = interrupted
-                return
-            if not shared:
-                for c in live:
-                    if c.seq:
-                        llama_cpp.llama_memory_seq_cp(self._native.memory, 0, c.seq, -1, -1)
-                shared = True
-            self._decode([(c.tokens[-1], pos, c.seq) for c in live], logits_last_only=False)
-            if live[0].seq == 0:
-                self._cached.append(live[0].tokens[-1])
-            rows = {c.seq: i for i, c in enumerate(live)}
-            pos += 1
+    def _shift_parked(self, plan: ReusePlan) -> None:
+        """Move each chunk waiting in the spare sequence to its new positions (via a far-off
+        range, so a chunk never lands on one not yet moved)."""
+        memory, spare = self._native.memory, self._spare
+        moved = [c for c in plan.chunks if c.to != c.start]
+        for chunk in moved:
+            llama_cpp.llama_memory_seq_add(memory, spare, chunk.start, chunk.end, _PARK)
+        for chunk in moved:
+            delta = chunk.to - chunk.start - _PARK
+            llama_cpp.llama_memory_seq_add(memory, spare, chunk.start + _PARK, chunk.end + _PARK, delta)
 
-    def _step(self, candidate: "_Candidate", row: int, params: GenerationParams) -> None:
-        logits = self._logits(row)
-        token = _sample(logits, candidate.rng, params.temperature, params.top_p)
-        if self._ends(token):
-            candidate.finish = "stop"
+    def _drop_generated(self, prompt_len: int) -> None:
+        """Keep only the prompt in sequence 0 and nothing in the others: what the next request reuses."""
+        if not self._free.alive:
             return
-        candidate.add(token, _logprob(logits, token), self._piece(token), params)
-
-    def _ends(self, token: int) -> bool:
-        # End-of-generation tokens only, as llama.cpp's own server decides: other control tokens
-        # (a stray FIM marker) add no text and decoding goes on, so a remote llama.cpp or vLLM
-        # backend and this one give the same candidates for the same model.
-        return token in self._end_ids or llama_cpp.llama_vocab_is_eog(self._native.vocab, token)
+        memory = self._native.memory
+        for seq in range(1, self._spare + 1):
+            llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+        if not llama_cpp.llama_memory_seq_rm(memory, 0, prompt_len, -1):
+            self._forget_cache()
 
     # -- llama.cpp calls -------------------------------------------------------------------
 
-    def _decode(self, entries: list[tuple[int, int, int]], *, logits_last_only: bool) -> None:
-        """One ``llama_decode`` of (token, position, sequence) entries."""
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """One ``llama_decode`` of (token, position, sequence, wants logits) entries."""
+        threads = 1 if self._n_params * len(entries) < ONE_THREAD_WORK else self._threads
+        if threads != self._threads_now:
+            llama_cpp.llama_set_n_threads(self._native.ctx, threads, threads)
+            self._threads_now = threads
         batch = self._native.batch
         batch.n_tokens = len(entries)
-        for i, (token, pos, seq) in enumerate(entries):
+        for i, (token, pos, seq, logits) in enumerate(entries):
             batch.token[i] = token
             batch.pos[i] = pos
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = seq
-            batch.logits[i] = not logits_last_only or i == len(entries) - 1
+            batch.logits[i] = logits
         status = llama_cpp.llama_decode(self._native.ctx, batch)
         if status != 0:
             raise ModelError(f"llama_decode failed with status {status} on model {self.version}")
@@ -251,6 +350,12 @@ class LlamaBackend:
         if not pointer:
             raise ModelError(f"llama.cpp returned no logits for batch row {row}")
         return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    def _ends(self, token: int) -> bool:
+        # End-of-generation tokens only, as llama.cpp's own server decides: other control tokens
+        # (a stray FIM marker) add no text and decoding goes on, so a remote llama.cpp or vLLM
+        # backend and this one give the same candidates for the same model.
+        return token in self._end_ids or llama_cpp.llama_vocab_is_eog(self._native.vocab, token)
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -274,15 +379,27 @@ class LlamaBackend:
     def _forget_cache(self) -> None:
         if self._free.alive:
             llama_cpp.llama_memory_clear(self._native.memory, True)
-        self._cached = []
+        self._cached, self._stale = [], []
+
+    def _draft_base(self, prompt: list[int]) -> np.ndarray:
+        """The prompt with the text before the cursor moved last, so the last tokens of
+        (that text + a completion so far) are the n-gram drafts look up."""
+        pre, suf, mid = self._fim_ids
+        tokens = np.asarray(prompt, dtype=np.int64)
+        if pre is None or suf is None or mid is None or pre not in prompt:
+            return tokens
+        start = len(prompt) - 1 - prompt[::-1].index(pre) + 1
+        ends = [i for i in range(start, len(prompt)) if prompt[i] in (suf, mid)]
+        end = ends[0] if ends else len(prompt)
+        return np.concatenate([tokens[:start], tokens[end:], tokens[start:end]])
 
 
 @dataclass
 class _Candidate:
-    """One sequence's progress: tokens, their log-probs, and its text so far."""
+    """One candidate's progress: tokens, their log-probs, and its text so far."""
 
-    seq: int
-    rng: np.random.Generator | None  # None: greedy
+    index: int
+    sampler: Any  # a llama.cpp sampler chain; None: greedy
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
@@ -293,11 +410,6 @@ class _Candidate:
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore")
     )
-
-    @classmethod
-    def start(cls, seq: int, params: GenerationParams) -> "_Candidate":
-        # One generator per candidate: candidate i's text does not depend on how many others ran.
-        return cls(seq, np.random.default_rng([params.seed % 2**64, seq]) if seq else None)
 
     def add(self, token: int, logprob: float, piece: bytes, params: GenerationParams) -> None:
         before = len(self.text)
@@ -322,6 +434,176 @@ class _Candidate:
         # Keep the tokens that contribute to the text before the stop string.
         kept = bisect_left(self.ends, self.cut) + 1 if self.cut else 0
         return Generation(self.text[: self.cut], self.tokens[:kept], self.logprobs[:kept], self.finish)
+
+
+@dataclass
+class _Branch:
+    """A sequence and the candidates that have emitted the same tokens on it.
+
+    After a decode, ``rows[j]`` holds the logits after ``pending[j]``: row 0 predicts the token
+    after the last emitted one, row j > 0 the token after draft token ``pending[j]``.
+    """
+
+    seq: int
+    candidates: list[_Candidate]
+    pending: list[int]  # decoded this step: the last emitted token, then the draft
+    pos: int  # position of pending[0]
+    rows: list[int] = field(default_factory=list)
+
+
+class _Decoder:
+    """Decodes one request's candidates, one ``llama_decode`` per step for all of them."""
+
+    def __init__(
+        self, backend: LlamaBackend, prompt: list[int], params: GenerationParams, count: int
+    ) -> None:
+        self.backend = backend
+        self.params = params
+        self.prompt_len = len(prompt)
+        self.candidates = [_Candidate(i, _sampler(params, i) if i else None) for i in range(count)]
+        self.base = backend._draft_base(prompt) if backend.draft_max else None
+        self.free_seqs = list(range(backend.max_candidates - 1, 0, -1))
+        self.stats = {"steps": 0, "drafted": 0, "accepted": 0, "branches": 1}
+        self._lse: dict[int, float] = {}
+        self._argmax: dict[int, int] = {}
+        self._rows: np.ndarray | None = None  # every logits row of the last step, in batch order
+
+    def run(self, prompt_row: int) -> None:
+        branches = [_Branch(0, list(self.candidates), [], self.prompt_len - 1, [prompt_row])]
+        while True:
+            branches = [b for branch in branches for b in self._advance(branch)]
+            interrupted = self.params.interruption() if branches else None
+            if not branches or interrupted:
+                self.interrupt(interrupted)
+                return
+            self.stats["branches"] = max(self.stats["branches"], len(branches))
+            self._decode_step(branches)
+
+    def interrupt(self, reason: FinishReason | None) -> None:
+        for c in self.candidates:
+            if c.finish is None:
+                c.finish = reason
+
+    def close(self) -> None:
+        for c in self.candidates:
+            if c.sampler is not None:
+                llama_cpp.llama_sampler_free(c.sampler)
+                c.sampler = None
+
+    # -- one step --------------------------------------------------------------------------
+
+    def _advance(self, branch: _Branch) -> list[_Branch]:
+        """Sample each candidate along the branch's rows; regroup the live ones by what they emitted."""
+        draft_tokens = branch.pending[1:]
+        groups: dict[tuple[int, ...], list[_Candidate]] = {}
+        accepted = 0
+        for c in branch.candidates:
+            emitted = self._emit(c, branch.rows, draft_tokens)
+            accepted = max(accepted, min(len(emitted) - 1, len(draft_tokens)))
+            if c.finish is None:
+                groups.setdefault(tuple(emitted), []).append(c)
+        greedy = any(c.sampler is None for c in branch.candidates)
+        self.backend._drafts.record_draft(len(draft_tokens), accepted, greedy)
+        self.stats["accepted"] += accepted
+        memory = self.backend._native.memory
+        out: list[_Branch] = []
+        # The first group keeps the sequence; others fork it before the first drops its rejected cells.
+        for k, (emitted, members) in enumerate(groups.items()):
+            valid_end = branch.pos + len(emitted)  # pending[0] and the accepted drafts
+            seq = branch.seq if k == 0 else self.free_seqs.pop()
+            if k:
+                llama_cpp.llama_memory_seq_cp(memory, branch.seq, seq, -1, valid_end)
+            out.append(_Branch(seq, members, [emitted[-1]], valid_end))
+        if out:
+            llama_cpp.llama_memory_seq_rm(memory, branch.seq, out[0].pos, -1)
+        else:
+            self._release(branch.seq)
+        return out
+
+    def _emit(self, c: _Candidate, rows: list[int], draft_tokens: list[int]) -> list[int]:
+        """The tokens ``c`` emits this step: drafted ones while its own sampler agrees, then its own."""
+        emitted: list[int] = []
+        if c.finish is not None:
+            return emitted
+        for j, row in enumerate(rows):
+            token = self._pick(c, row)
+            if self.backend._ends(token):
+                c.finish = "stop"
+                return emitted
+            c.add(token, self._logprob(row, token), self.backend._piece(token), self.params)
+            emitted.append(token)
+            if c.finish is not None or j >= len(draft_tokens) or token != draft_tokens[j]:
+                return emitted
+        return emitted
+
+    def _decode_step(self, branches: list[_Branch]) -> None:
+        entries: list[tuple[int, int, int, bool]] = []
+        for b in branches:
+            b.pending += self._draft(b)
+            b.rows = list(range(len(entries), len(entries) + len(b.pending)))
+            entries += [(t, b.pos + j, b.seq, True) for j, t in enumerate(b.pending)]
+        started = time.perf_counter()
+        self.backend._decode(entries)
+        self.backend._drafts.record_step(len(entries), (time.perf_counter() - started) * 1000)
+        self.stats["steps"] += 1
+        self.stats["drafted"] += len(entries) - len(branches)
+        self._lse.clear()
+        self._argmax.clear()
+        # Every entry asked for logits, so output i is batch row i: one view for all of them.
+        pointer = llama_cpp.llama_get_logits(self.backend._native.ctx)
+        self._rows = np.ctypeslib.as_array(pointer, shape=(len(entries), self.backend._n_vocab))
+
+    def _draft(self, branch: _Branch) -> list[int]:
+        if self.base is None:
+            return []
+        c = branch.candidates[0]
+        greedy = any(m.sampler is None for m in branch.candidates)
+        room = min(self.backend._drafts.length(greedy), self.params.max_tokens - len(c.tokens) - 1)
+        if room <= 0:
+            return []
+        return draft(np.concatenate([self.base, np.asarray(c.tokens, dtype=np.int64)]), room)
+
+    def _release(self, seq: int) -> None:
+        memory = self.backend._native.memory
+        if seq == 0:
+            llama_cpp.llama_memory_seq_rm(memory, 0, self.prompt_len, -1)
+        else:
+            llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+            self.free_seqs.append(seq)
+
+    # -- sampling --------------------------------------------------------------------------
+
+    def _pick(self, c: _Candidate, row: int) -> int:
+        if c.sampler is not None:
+            return llama_cpp.llama_sampler_sample(c.sampler, self.backend._native.ctx, row)
+        if row not in self._argmax:
+            self._argmax[row] = int(np.argmax(self._logits(row)))
+        return self._argmax[row]
+
+    def _logits(self, row: int) -> np.ndarray:
+        return self.backend._logits(row) if self._rows is None else self._rows[row]
+
+    def _logprob(self, row: int, token: int) -> float:
+        """log P(token) under the unscaled distribution of ``row``."""
+        logits = self._logits(row)
+        if row not in self._lse:
+            peak = float(logits.max())
+            self._lse[row] = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
+        return float(logits[token]) - self._lse[row]
+
+
+def _sampler(params: GenerationParams, index: int) -> Any:
+    """Candidate ``index``'s own chain, seeded so its text does not depend on how many others ran."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    seed = (params.seed * 1_000_003 + index) % 0xFFFFFFFF  # 0xFFFFFFFF would mean "random"
+    for part in (
+        llama_cpp.llama_sampler_init_top_k(TOP_K),
+        llama_cpp.llama_sampler_init_temp(params.temperature),
+        llama_cpp.llama_sampler_init_top_p(params.top_p, 1),
+        llama_cpp.llama_sampler_init_dist(seed),
+    ):
+        llama_cpp.llama_sampler_chain_add(chain, part)
+    return chain
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -356,7 +638,7 @@ def _context_params(n_ctx: int, threads: int, max_candidates: int) -> llama_cpp.
     # sampled candidate adds only its own tokens.
     params.n_ctx = n_ctx + (max_candidates - 1) * min(n_ctx, SAMPLED_RESERVE)
     params.n_batch = params.n_ubatch = min(PROMPT_BATCH, params.n_ctx)
-    params.n_seq_max = max_candidates
+    params.n_seq_max = max_candidates + 1  # and the spare sequence moved KV waits in
     params.kv_unified = True
     params.n_threads = params.n_threads_batch = threads
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() by default
@@ -378,47 +660,6 @@ def _token_bytes(vocab: Any, token: int) -> bytes:
             return buffer.raw[:n]
         size = -n
     raise ModelError(f"llama.cpp could not turn token {token} into text")
-
-
-# -- sampling --------------------------------------------------------------------------------
-
-
-def _sample(logits: np.ndarray, rng: np.random.Generator | None, temperature: float, top_p: float) -> int:
-    """Argmax without a generator, else a draw from the top-p nucleus at ``temperature``."""
-    if rng is None or temperature <= 0:
-        return int(np.argmax(logits))
-    peak = logits.max()
-    # Tokens e^-NEGLIGIBLE below the best hold < 1e-5 of the mass even over 150k tokens.
-    ids = np.flatnonzero(logits >= peak - NEGLIGIBLE * temperature)
-    weights = np.exp((logits[ids] - peak) / temperature)
-    nucleus_mass = top_p * weights.sum(dtype=np.float64)
-    head = _head(weights, nucleus_mass)
-    order = head[np.argsort(-weights[head], kind="stable")]
-    cumulative = np.cumsum(weights[order], dtype=np.float64)
-    size = min(len(order), int(np.searchsorted(cumulative, nucleus_mass)) + 1)
-    drawn = int(np.searchsorted(cumulative[:size], rng.random() * cumulative[size - 1], side="right"))
-    return int(ids[order[min(drawn, size - 1)]])
-
-
-def _head(weights: np.ndarray, mass: float) -> np.ndarray:
-    """Indices of a few largest weights that hold ``mass``, so only they need sorting."""
-    for k in (64, 1024):
-        if len(weights) > k:
-            top = np.argpartition(weights, -k)[-k:]
-            if weights[top].sum(dtype=np.float64) >= mass:
-                return top
-    return np.arange(len(weights))
-
-
-def _logprob(logits: np.ndarray, token: int) -> float:
-    """log P(token) under the unscaled distribution."""
-    peak = logits.max()
-    return float(logits[token] - peak) - float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def _copy(generation: Generation) -> Generation:

@@ -41,11 +41,19 @@ def effective_host(settings: Settings) -> str:
 
 
 def _as_sidecar() -> None:
-    """In the child: lower priority, and SIGTERM when the server dies however it dies.
+    """In the child: the CPU only when the server leaves it idle, and SIGTERM when the server dies
+    however it dies.
 
-    uvicorn re-raises the SIGTERM it handled, so the server's own cleanup may never run.
+    SCHED_IDLE, not just a nice level: a niced trainer still takes its share of a busy core, and
+    a completion waits for it (p95 9.9 s beside an SFT step on 2 cores). Under SCHED_IDLE the
+    kernel runs it only where nothing else wants the core and preempts it at once when a request
+    arrives; its threads (torch's among them) inherit the policy. uvicorn re-raises the SIGTERM it
+    handled, so the server's own cleanup may never run.
     """
-    os.nice(10)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux: a nice level is what there is
+        os.nice(10)
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 

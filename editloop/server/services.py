@@ -63,7 +63,7 @@ class Services:
     feedback: FeedbackService | None = None  # set in the lifespan once its Redis is up
 
     async def complete(self, http: Request, request: CompletionRequest, endpoint: str) -> CompletionResult:
-        """Run the engine off the event loop; a client that hangs up stops the decode."""
+        """Run the engine off the event loop (a cache hit on it); a client that hangs up stops the decode."""
         self.limiter.acquire()
         started = time.perf_counter()
         cancel = threading.Event()
@@ -74,12 +74,14 @@ class Services:
             update["document_id"] = f"{caller_of(http)}:{request.document_id}"
         request = request.model_copy(update=update)
         try:
-            task = asyncio.ensure_future(run_in_threadpool(self.engine.complete, request, cancel))
-            while not task.done():
-                await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-                if not task.done() and await http.is_disconnected():
-                    cancel.set()
-            result = task.result()
+            result = self.engine.complete_cached(request)
+            if result is None:
+                task = asyncio.ensure_future(run_in_threadpool(self.engine.complete, request, cancel))
+                while not task.done():
+                    await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                    if not task.done() and await http.is_disconnected():
+                        cancel.set()
+                result = task.result()
         finally:
             self.limiter.release()
         elapsed = time.perf_counter() - started
