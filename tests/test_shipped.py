@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from editloop.cli import app
 from editloop.completion.types import CompletionRequest
 from editloop.errors import CorruptVersionError, ModelError
-from editloop.eval.engine import open_engine
+from editloop.eval.engine import open_engine, top_text
 from editloop.models.registry import Registry
 from editloop.models.shipped import MANIFEST, read_shipped
 from editloop.server.background import free_port
@@ -86,8 +86,9 @@ def test_run_imports_the_shipped_starter_without_training(shipped: Path, tmp_pat
         request = CompletionRequest(prefix="def add(a, b):\n    return ", suffix="\n", max_tokens=8)
         result = engine.complete(request)
     assert result.model_version == version.name
-    # Text came out of the model (a tiny stand-in's may then be filtered as repetitive).
-    assert result.candidates and result.candidates[0].text.strip(), result
+    assert result.candidates and result.candidates[0].logprobs, result  # llama.cpp decoded tokens
+    if shipped.parent == SHIPPED_DIR:  # a committed starter completes; the tiny stand-in may not
+        assert top_text(result).strip(), result
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "delete"])
