@@ -13,9 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.chromium, as in the tests
 
-from tests.chromium import Browser  # noqa: E402
+from tests.chromium import Browser
 
-READY = "document.body.dataset.state === 'ready' && +document.getElementById('chart-latency').dataset.points > 0"
+READY = (
+    "document.body.dataset.state === 'ready' && +document.getElementById('chart-latency').dataset.points > 0"
+)
 
 
 def main() -> None:
