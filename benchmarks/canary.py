@@ -135,16 +135,16 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.02)
     parser.add_argument("--noise", type=float, default=3.0, help="noise std, in units of each weight's std")
     parser.add_argument("--requests-per-file", type=int, default=40)
+    parser.add_argument("--max-rounds", type=int, default=20, help="replays of the repo at most per canary")
     args = parser.parse_args()
     settings = load_settings()
     registry = Registry(settings.models_dir)
     good = registry.load_verified_current()
     rule = CanaryRule(min_shown=args.min_shown, margin=args.margin)
     bad = scrambled(registry, good, args.noise)
-    worse = run_canary(settings, args.repo, good.name, bad, rule, args.share, args.requests_per_file)
-    better = run_canary(
-        settings, args.repo, bad, republish(registry, good), rule, args.share, args.requests_per_file
-    )
+    runs = (args.share, args.requests_per_file, args.max_rounds)
+    worse = run_canary(settings, args.repo, good.name, bad, rule, *runs)
+    better = run_canary(settings, args.repo, bad, republish(registry, good), rule, *runs)
     registry.activate(good.name)  # leave the home as it was found
     print(
         json.dumps({"model": good.name, "repo": str(args.repo), "worse": worse, "better": better}, indent=2)

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from editloop.clients import bearer
 from editloop.errors import BadRequestError
 from editloop.eval.replay import ReplayConfig
 from editloop.eval.replay_cli import load_tasks, run_replay
@@ -90,7 +91,7 @@ def _token(settings: Settings) -> str | None:
 
 
 def _wait_for_version(url: str, version: str, token: str | None, timeout_s: float = 120) -> None:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = bearer(token)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         served = httpx.get(f"{url}/health", headers=headers, timeout=10).json()["model"]["version"]

@@ -237,9 +237,7 @@ class Settings(BaseSettings):
     @field_validator("lsp_retention_horizons_s")
     @classmethod
     def _positive_horizons(cls, horizons: list[float]) -> list[float]:
-        if any(h <= 0 for h in horizons):
-            raise ValueError("every retention horizon must be > 0 seconds")
-        return sorted(horizons)
+        return positive_horizons(horizons)
 
     @field_validator("home")
     @classmethod
@@ -285,6 +283,13 @@ class Settings(BaseSettings):
         if toml_file is not None:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
         return sources
+
+
+def positive_horizons(horizons: list[float]) -> list[float]:
+    """Retention horizons, each > 0 seconds, in order (a setting and an editor option alike)."""
+    if any(h <= 0 for h in horizons):
+        raise ValueError("every retention horizon must be > 0 seconds")
+    return sorted(horizons)
 
 
 def load_settings(**overrides: object) -> Settings:

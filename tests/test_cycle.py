@@ -33,6 +33,7 @@ CYCLE = CycleConfig(
     general_samples=10,
     device="cpu",
     gate=GateConfig(bootstrap=300, max_samples=60),
+    canary_share=0.0,  # these tests are about publishing and swapping; tests/test_canary.py has the canary
 )
 
 
@@ -106,6 +107,7 @@ TRAINING_ENV = {
     "EDITLOOP_RETRAIN_DEVICE": "cpu",
     "EDITLOOP_RETRAIN_MIN_EVENTS": "0",
     "EDITLOOP_RETRAIN_GENERAL_MIX": "0",
+    "EDITLOOP_CANARY_SHARE": "0",
 }
 
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "editloop"
 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset(
-        {"", "errors", "settings", "settings_doc", "metrics", "corpus", "sandbox"}
+        {"", "errors", "settings", "settings_doc", "metrics", "corpus", "sandbox", "filelock", "clients"}
     ),  # "": the package root
     frozenset({"models"}),
     frozenset({"completion"}),

@@ -82,3 +82,17 @@ def test_tcp_address() -> None:
 def test_position_encoding_follows_the_client(offered, expected) -> None:
     general = types.GeneralClientCapabilities(position_encodings=offered) if offered else None
     assert negotiated_encoding(types.ClientCapabilities(general=general)) == expected
+
+
+def test_every_lsp_setting_is_an_editor_option_with_the_same_rules() -> None:
+    from editloop.lsp.config import SETTINGS
+    from editloop.settings import Settings
+
+    assert {f"lsp_{name}" for name in SETTINGS} == {n for n in Settings.model_fields if n.startswith("lsp_")}
+    base = LspConfig.from_settings(load_settings())
+    # The rule the settings have (horizons > 0) holds for an editor's options too.
+    with pytest.raises(BadRequestError, match="retention"):
+        base.update({"retentionHorizonsS": [30, -1]})
+    assert base.update({"retentionHorizonsS": [600, 30]}).retention_horizons_s == [30, 600]
+    with pytest.raises(BadRequestError, match="debounce"):
+        base.update({"debounceMs": 999_999})  # the setting's bound (le=5000)

@@ -20,7 +20,13 @@ from editloop.completion.prompt import build_prompt
 from editloop.completion.ranker import RankContext, Ranker, RankInput, should_abstain
 from editloop.completion.served import ServedModel
 from editloop.completion.syntax import SyntaxChecker, language_for_path
-from editloop.completion.types import CandidateReport, Choice, CompletionRequest, CompletionResult
+from editloop.completion.types import (
+    CandidateReport,
+    Choice,
+    CompletionRequest,
+    CompletionResult,
+    ResolvedMode,
+)
 from editloop.models.backend import Generation, GenerationParams
 
 
@@ -36,6 +42,11 @@ class EngineConfig:
 
 class ServedSource(Protocol):
     """Where the engine leases the model it completes with (the hot-swap manager, or one model)."""
+
+    @property
+    def version(self) -> str | None:
+        """The version serving requests that go to no canary (None: nothing loaded)."""
+        ...
 
     def lease(self, key: str | None = None) -> AbstractContextManager[ServedModel]:
         """The model for a request keyed ``key`` (a canary serves a stable share of keys)."""
@@ -87,7 +98,7 @@ class CompletionEngine:
         ranking: _Ranking,
         request: CompletionRequest,
         language: str,
-        mode: str,
+        mode: ResolvedMode,
         cancel: threading.Event,
         started: float,
     ) -> CompletionResult:
@@ -151,7 +162,7 @@ class CompletionEngine:
         generations: list[Generation],
         request: CompletionRequest,
         language: str,
-        mode: str,
+        mode: ResolvedMode,
     ) -> tuple[list[CandidateReport], float]:
         """Every candidate's report, and how long the ranker took (ms)."""
         texts = [truncate(g.text, mode, request.prefix, request.suffix, language) for g in generations]
@@ -186,7 +197,7 @@ class CompletionEngine:
         version: str,
         ranking: _Ranking,
         language: str,
-        mode: str,
+        mode: ResolvedMode,
         request: CompletionRequest,
         started: float,
     ) -> CompletionResult | None:

@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 Mode = Literal["line", "block", "auto"]
+ResolvedMode = Literal["line", "block"]  # "auto", as the engine resolved it
 
 
 def _clean(text: str) -> str:
@@ -87,7 +88,7 @@ class CompletionResult(BaseModel):
     ranker: str = Field(default="logprob", description="What ranked the candidates: value or logprob.")
     choices: list[Choice]
     abstained: bool
-    mode: Literal["line", "block"]
+    mode: ResolvedMode
     cached: bool = False
     timings: dict[str, float]
     prompt_tokens: int = 0

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from editloop.clients import bearer
 from editloop.completion.types import Mode
 from editloop.errors import BackendError, BadRequestError
 from editloop.eval.fim import KINDS
@@ -103,7 +104,7 @@ def _infiller(
     if oracle:
         yield OracleInfiller.of(tasks), "canonical"
     elif server:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = bearer(token)
         with httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=60) as client:
             yield ServerInfiller(client), _server_version(client)
     else:

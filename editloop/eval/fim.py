@@ -81,7 +81,8 @@ def fim_task_mix(files: list[SourceFile], counts: dict[Kind, int], seed: int = 0
         picks = sorted(rng.choice(len(starts), size=min(n, len(starts)), replace=False))
         spans = rng.integers(MULTI_LINES[0], MULTI_LINES[1] + 1, size=len(picks))
         for pick, span in zip(picks, spans, strict=True):
-            tasks.append(_task(*starts[pick], kind, 1 if kind == "single-line" else int(span)))
+            file, index = starts[pick]
+            tasks.append(_task(file, index, kind, 1 if kind == "single-line" else int(span)))
     return tasks
 
 

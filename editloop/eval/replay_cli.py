@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from editloop.clients import bearer
 from editloop.errors import BackendError, BadRequestError
 from editloop.eval.replay import ReplayConfig, ReplayStats, replay, report_dict
 from editloop.eval.replay_http import HttpEditor, run_key
@@ -38,7 +39,7 @@ def load_tasks(
 @contextmanager
 def server_client(settings: Settings, server: str | None, token: str | None) -> Iterator[httpx.Client]:
     """A client of ``server``, or of a server started here on a free port over ``settings``."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = bearer(token)
     if server:
         with httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=60) as client:
             yield client
@@ -48,7 +49,7 @@ def server_client(settings: Settings, server: str | None, token: str | None) -> 
     local = settings.model_copy(update={"port": free_port(), "host": "127.0.0.1"})
     with background_server(local) as (url, _app):
         token = local.api_tokens[0] if local.api_tokens else None
-        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        auth = bearer(token)
         with httpx.Client(base_url=url, headers=auth, timeout=60) as client:
             yield client
 
@@ -96,10 +97,8 @@ def run_replay(
             with lsp_editor(client, settings, key, project) as editor:
                 stats = _with_progress(tasks, editor, config, console)
         else:
-            editor = HttpEditor(
-                client, key, project=project, candidates=settings.lsp_candidates, ranker=ranker
-            )
-            stats = _with_progress(tasks, editor, config, console)
+            http = HttpEditor(client, key, project=project, candidates=settings.lsp_candidates, ranker=ranker)
+            stats = _with_progress(tasks, http, config, console)
     return report_dict(stats, config, via, split)
 
 

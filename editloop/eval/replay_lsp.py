@@ -109,7 +109,8 @@ class LspEditor:
             return Suggestion("", "", latency, self.model_version)
         text = self._item.insert_text
         text = text if isinstance(text, str) else text.value
-        return Suggestion(self._item.command.arguments[0], text, latency, self.model_version)
+        completion_id = str((self._item.command.arguments or [""])[0])
+        return Suggestion(completion_id, text, latency, self.model_version)
 
     def accept(self, suggestion: Suggestion, length: int) -> None:
         assert self._item is not None and self._item.command is not None

@@ -41,7 +41,7 @@ from editloop.errors import RegistryError
 from editloop.feedback import control
 from editloop.feedback.stats import FeedbackStats
 from editloop.feedback.store import FeedbackStore
-from editloop.models.registry import Canary, Registry
+from editloop.models.registry import Canary, CanaryStatus, Registry
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def decide(stable: dict, canary: dict, rule: CanaryRule, elapsed_s: float) -> De
     if estimate > -rule.margin and inferior >= bar:
         return Decision("promote", f"not worse within {rule.margin}: {rates}", round(estimate, 4), stats)
     if timed_out:
-        action = "promote" if estimate >= -rule.margin else "rollback"
+        action: Literal["promote", "rollback"] = "promote" if estimate >= -rule.margin else "rollback"
         return Decision(action, f"time limit, undecided; {rates}", round(estimate, 4), stats)
     return Decision("wait", f"undecided: {rates}", round(estimate, 4), stats)
 
@@ -171,7 +171,7 @@ class CanaryMonitor:
         return decision
 
     def finish(self, canary: Canary, decision: Decision, arms: dict) -> Canary:
-        status = "promoted" if decision.action == "promote" else "rolled_back"
+        status: CanaryStatus = "promoted" if decision.action == "promote" else "rolled_back"
         figures = {"arms": arms, "estimate": decision.estimate, "statistics": decision.statistics}
         decided = self.registry.end_canary(status, decision.reason, figures)
         record(self.store.client, decided)
@@ -205,7 +205,7 @@ def decide_now(registry: Registry, store: FeedbackStore, action: Literal["promot
     if canary is None:
         raise RegistryError("no canary is running (`editloop canary status`)")
     arms = CanaryMonitor(registry, store, CanaryRule()).figures(canary)
-    status = "promoted" if action == "promote" else "aborted"
+    status: CanaryStatus = "promoted" if action == "promote" else "aborted"
     decided = registry.end_canary(status, f"{status} by an operator", {"arms": arms})
     record(store.client, decided)
     control.announce_model(store.client, registry.current_name() or "")

@@ -12,8 +12,6 @@ whichever process finds it dead restarts it (a file lock keeps two from starting
 """
 
 import atexit
-import contextlib
-import fcntl
 import hashlib
 import logging
 import shutil
@@ -22,13 +20,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
 from editloop.errors import FeedbackError
+from editloop.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +167,6 @@ class RedisServer:
         return sorted(p for p in self.aof_dir.glob("*") if p.is_file()) if self.aof_dir.exists() else []
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class EmbeddedRedis:
     """The per-home Redis: started unless running, watched, restarted if it dies, stopped by its starter."""
 
@@ -204,7 +191,7 @@ class EmbeddedRedis:
         """Start it unless it answers; True when it answers afterwards."""
         if self.server.ping():
             return True
-        with _file_lock(self.server.data_dir / "supervisor.lock"):
+        with file_lock(self.server.data_dir / "supervisor.lock"):
             if self.server.ping():  # another process started it while we waited for the lock
                 return True
             self.server.kill()  # ours, if any, is dead or hung: reap it before starting anew

@@ -9,8 +9,6 @@ fresh file) and deletes it only after every event was written; a crash in betwee
 again, and the store drops what it already has. Events here already passed privacy filtering.
 """
 
-import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -19,19 +17,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from editloop.feedback.events import FeedbackEvent, event_from_json
+from editloop.filelock import file_lock
 
 log = logging.getLogger(__name__)
 REPLAY_BATCH = 500
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -61,7 +50,7 @@ class Spool:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = "".join(e.model_dump_json(exclude_none=True) + "\n" for e in events).encode()
-        with _locked(self._lock):
+        with file_lock(self._lock):
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
@@ -83,8 +72,8 @@ class Spool:
         """Send every spooled event through ``write``; returns how many. Raises if ``write`` does."""
         if not (self.path.exists() or self.replaying.exists()):
             return 0
-        with _locked(self._replay_lock):
-            with _locked(self._lock):
+        with file_lock(self._replay_lock):
+            with file_lock(self._lock):
                 if self.path.exists() and not self.replaying.exists():
                     self.path.rename(self.replaying)
                     _fsync_dir(self.path.parent)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import httpx
 
+from editloop.clients import bearer
 from editloop.completion.builder import build_engine, build_models
 from editloop.completion.types import CompletionRequest, CompletionResult
 from editloop.errors import BackendError, ModelError
@@ -78,7 +79,7 @@ class RemoteCompleter:
     records_completions = True
 
     def __init__(self, url: str, token: str | None, timeout_s: float = 30.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = bearer(token)
         self.url = url.rstrip("/")
         self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout_s)
 

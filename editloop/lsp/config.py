@@ -11,15 +11,28 @@ the previous configuration stays.
 0
 """
 
+import copy
 import getpass
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from editloop.errors import BadRequestError
-from editloop.settings import Settings
+from editloop.settings import Settings, positive_horizons
+
+# The options that are process settings too (`lsp_<name>`); user and project are per session only.
+SETTINGS = (
+    "server_url",
+    "token",
+    "languages",
+    "debounce_ms",
+    "candidates",
+    "retention_horizons_s",
+    "edit_settle_s",
+    "telemetry",
+)
 
 
 def _safe_user() -> str:
@@ -29,31 +42,34 @@ def _safe_user() -> str:
         return "anonymous"
 
 
+def _setting(name: str) -> Any:
+    """The ``lsp_*`` setting's field (default, bounds, description): one definition for both."""
+    return copy.copy(Settings.model_fields[name])
+
+
 class LspConfig(BaseModel):
+    """The process's ``lsp_*`` settings, overridden per session by the editor's options."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
-    server_url: str | None = Field(default=None, description="Complete through this editloop server.")
-    token: str | None = Field(default=None, description="Its bearer token.")
-    languages: list[str] = Field(default=[], description="Language ids to complete; empty: all.")
-    debounce_ms: int = Field(default=150, ge=0, le=5000)
-    candidates: int = Field(default=3, ge=1, le=16)
-    retention_horizons_s: list[float] = Field(default=[30.0, 120.0, 600.0], min_length=1)
-    edit_settle_s: float = Field(default=5.0, gt=0)
-    telemetry: bool = True
+    server_url: str | None = _setting("lsp_server_url")
+    token: str | None = _setting("lsp_token")
+    languages: list[str] = _setting("lsp_languages")
+    debounce_ms: int = _setting("lsp_debounce_ms")
+    candidates: int = _setting("lsp_candidates")
+    retention_horizons_s: list[float] = _setting("lsp_retention_horizons_s")
+    edit_settle_s: float = _setting("lsp_edit_settle_s")
+    telemetry: bool = _setting("lsp_telemetry")
     user: str = Field(default_factory=_safe_user, min_length=1, max_length=128)
     project: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\-]+$", max_length=128)
 
+    _horizons = field_validator("retention_horizons_s")(positive_horizons)
+
     @classmethod
     def from_settings(cls, settings: Settings, server_url: str | None = None, token: str | None = None):
+        values = {name: getattr(settings, f"lsp_{name}") for name in SETTINGS}
         return cls(
-            server_url=server_url or settings.lsp_server_url,
-            token=token or settings.lsp_token,
-            languages=settings.lsp_languages,
-            debounce_ms=settings.lsp_debounce_ms,
-            candidates=settings.lsp_candidates,
-            retention_horizons_s=settings.lsp_retention_horizons_s,
-            edit_settle_s=settings.lsp_edit_settle_s,
-            telemetry=settings.lsp_telemetry,
+            **values | {"server_url": server_url or values["server_url"], "token": token or values["token"]}
         )
 
     def update(self, options: Any) -> "LspConfig":
@@ -69,7 +85,7 @@ class LspConfig(BaseModel):
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
             raise BadRequestError(f"invalid editloop LSP options ({fields}): kept the previous ones") from exc
-        return updated.model_copy(update={"retention_horizons_s": sorted(updated.retention_horizons_s)})
+        return updated
 
     def completes(self, language_id: str) -> bool:
         return not self.languages or language_id in self.languages

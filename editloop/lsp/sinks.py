@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import httpx
 
+from editloop.clients import bearer
 from editloop.errors import BackendError
 from editloop.feedback.events import FeedbackEvent, FeedbackSink
 from editloop.feedback.spool import Spool
@@ -33,7 +34,7 @@ class HttpSink:
     """``POST {url}/feedback`` with a batch of events; returns once the server stored them."""
 
     def __init__(self, url: str, token: str | None, timeout_s: float = 10.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = bearer(token)
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 

@@ -80,7 +80,13 @@ class StagedCheckpoint:
     has_adapter: bool
 
     def publish(
-        self, *, kind: str, parent: str | None, training_data: dict | None = None, metrics: dict | None = None
+        self,
+        *,
+        kind: str,
+        parent: str | None,
+        training_data: dict | None = None,
+        metrics: dict | None = None,
+        abstain_thresholds: dict[str, float] | None = None,
     ) -> ModelVersion:
         return self.registry.publish(
             self.path,
@@ -95,6 +101,7 @@ class StagedCheckpoint:
             training_data=training_data,
             metrics=metrics,
             checks=self.checks,
+            abstain_thresholds=abstain_thresholds,
         )
 
 

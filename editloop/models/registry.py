@@ -20,7 +20,6 @@ activated, so a damaged file is refused while the old model keeps serving.
 >>> registry.activate(version.name)
 """
 
-import fcntl
 import hashlib
 import os
 import random
@@ -30,7 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +39,7 @@ import gguf
 from pydantic import BaseModel, ValidationError
 
 from editloop.errors import CorruptVersionError, ModelError, RegistryError, UnknownVersionError
+from editloop.filelock import file_lock
 from editloop.models.fim import SPM_GGUF_KEY, FimTemplate, detect_template
 
 KINDS = ("starter", "import", "export", "retrain")
@@ -386,15 +386,8 @@ class Registry:
 
     # -- internals -------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
+    def _locked(self) -> AbstractContextManager[None]:
+        return file_lock(self.root / ".lock")
 
     def _version_names(self) -> list[str]:
         if not self.versions_dir.is_dir():

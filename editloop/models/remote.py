@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from tokenizers import Tokenizer
 
+from editloop.clients import bearer
 from editloop.errors import BackendError, ModelError
 from editloop.models.backend import FinishReason, Generation, GenerationParams, GenerationResult
 from editloop.models.fim import FimTemplate
@@ -57,7 +58,7 @@ class RemoteBackend:
         self._special_ids = {
             i for i, token in self._tokenizer.get_added_tokens_decoder().items() if token.special
         }
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = bearer(api_key)
         self._client = httpx.Client(headers=headers, timeout=timeout_s)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="editloop-remote")
 

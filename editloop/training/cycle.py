@@ -41,44 +41,58 @@ class CycleError(EditloopError):
     code = "cycle_failed"
 
 
-def _setting(name: str):
-    """A knob the operator sets as ``EDITLOOP_<NAME>``: its default is the settings' one, so a
-    cycle built directly trains like the worker's."""
-    return Settings.model_fields[name].default
+# The cycle's knobs an operator sets as EDITLOOP_<SETTING>: the one mapping from settings to cycle
+# fields, for the fields' defaults (a cycle built directly trains like the worker's) and for
+# CycleConfig.from_settings.
+FROM_SETTINGS = {
+    "min_samples": "retrain_min_samples",
+    "sft_steps": "retrain_sft_steps",
+    "grpo_steps": "retrain_grpo_steps",
+    "learning_rate": "retrain_learning_rate",
+    "device": "retrain_device",
+    "general_mix": "retrain_general_mix",
+    "general_samples": "retrain_general_samples",
+    "humaneval_tasks": "retrain_humaneval_tasks",
+    "canary_share": "canary_share",
+}
+
+
+def _setting(field_name: str):
+    return Settings.model_fields[FROM_SETTINGS[field_name]].default
 
 
 @dataclass
 class CycleConfig:
     min_samples: int = field(
-        default=_setting("retrain_min_samples"),
+        default=_setting("min_samples"),
         metadata={"help": "Skip the cycle below this many training samples."},
     )
-    sft_steps: int = field(default=_setting("retrain_sft_steps"), metadata={"help": "SFT optimizer steps."})
+    sft_steps: int = field(default=_setting("sft_steps"), metadata={"help": "SFT optimizer steps."})
     sft_minutes: float | None = field(default=10.0, metadata={"help": "SFT time budget."})
     grpo_steps: int = field(
-        default=_setting("retrain_grpo_steps"), metadata={"help": "GRPO optimizer steps (0 skips GRPO)."}
+        default=_setting("grpo_steps"), metadata={"help": "GRPO optimizer steps (0 skips GRPO)."}
     )
     grpo_minutes: float | None = field(default=10.0, metadata={"help": "GRPO time budget."})
     learning_rate: float = field(
-        default=_setting("retrain_learning_rate"), metadata={"help": "SFT learning rate of the LoRA adapter."}
+        default=_setting("learning_rate"), metadata={"help": "SFT learning rate of the LoRA adapter."}
     )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank for SFT and GRPO."})
-    device: str = field(default=_setting("retrain_device"), metadata={"help": "cpu, cuda or auto."})
+    device: str = field(default=_setting("device"), metadata={"help": "cpu, cuda or auto."})
     gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "When a candidate is published."})
     dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"help": "Targets and split."})
     general_mix: float = field(
-        default=_setting("retrain_general_mix"),
+        default=_setting("general_mix"),
         metadata={
             "help": "Rehearsal: general-code FIM rows added to SFT, as a fraction of the feedback rows."
         },
     )
     general_checks: bool = field(default=True, metadata={"help": "Guard general code (FIM, HumanEval)."})
     general_samples: int = field(
-        default=_setting("retrain_general_samples"),
+        default=_setting("general_samples"),
         metadata={"help": "Held-out stdlib FIM tasks for the guard."},
     )
     humaneval_tasks: int = field(
-        default=_setting("retrain_humaneval_tasks"),
+        default=_setting("humaneval_tasks"),
         metadata={"help": "HumanEval single-line tasks (0: skip)."},
     )
     force: bool = field(default=False, metadata={"help": "Publish even when the gate fails (operator)."})
@@ -89,6 +103,16 @@ class CycleConfig:
     )
     quants: tuple[str, ...] = field(default=("f16", "q8_0"), metadata={"help": "GGUF files to export."})
     seed: int = field(default=0, metadata={"help": "Seeds training, sampling and the bootstrap."})
+
+    @classmethod
+    def from_settings(cls, settings: Settings, force: bool = False) -> "CycleConfig":
+        """The cycle as the operator's settings configure it."""
+        return cls(
+            **{name: getattr(settings, setting) for name, setting in FROM_SETTINGS.items()},
+            general_checks=settings.retrain_general_samples > 0 or settings.retrain_humaneval_tasks > 0,
+            gate=GateConfig(general_tolerance=settings.retrain_general_tolerance),
+            force=force,
+        )
 
 
 class FeedbackSource(Protocol):

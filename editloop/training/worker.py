@@ -23,28 +23,9 @@ from editloop.feedback.canary import CanaryMonitor, rule_from
 from editloop.feedback.control import CycleBusyError
 from editloop.settings import Settings
 from editloop.training.cycle import Cycle, CycleConfig, CycleState, FeedbackSource, sweep_staging
-from editloop.training.gate import GateConfig
 
 log = logging.getLogger(__name__)
 CONSUMER_GROUP = "trainer"
-
-
-def cycle_config(settings: Settings, force: bool = False) -> CycleConfig:
-    """The cycle as the settings configure it."""
-    return CycleConfig(
-        min_samples=settings.retrain_min_samples,
-        sft_steps=settings.retrain_sft_steps,
-        grpo_steps=settings.retrain_grpo_steps,
-        learning_rate=settings.retrain_learning_rate,
-        general_mix=settings.retrain_general_mix,
-        device=settings.retrain_device,
-        general_samples=settings.retrain_general_samples,
-        general_checks=settings.retrain_general_samples > 0 or settings.retrain_humaneval_tasks > 0,
-        humaneval_tasks=settings.retrain_humaneval_tasks,
-        gate=GateConfig(general_tolerance=settings.retrain_general_tolerance),
-        force=force,
-        canary_share=settings.canary_share,
-    )
 
 
 def new_events(client: redis.Redis, streams: list[str], group: str = CONSUMER_GROUP) -> int:
@@ -94,7 +75,9 @@ class Trainer:
         self, reason: str, request: dict | None = None, config: CycleConfig | None = None
     ) -> CycleState:
         """One cycle under the lock; its final state goes to the history (and the request's result)."""
-        config = config or cycle_config(self.settings, force=bool(request and request.get("force")))
+        config = config or CycleConfig.from_settings(
+            self.settings, force=bool(request and request.get("force"))
+        )
         with control.cycle_lock(self.client):
             from editloop.models.registry import Registry
 
