@@ -5,12 +5,15 @@ stderr and exit status 1, so scripts and people both get a clear answer.
 """
 
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from editloop.demo import demo_command
+from editloop.doctor import doctor_command
 from editloop.errors import EditloopError
 from editloop.eval.cli import app as eval_app
 from editloop.eval.cli import eval_lines
@@ -20,7 +23,7 @@ from editloop.feedback.cli import app as feedback_app
 from editloop.models.cli import export_model
 from editloop.models.registry_cli import app as models_app
 from editloop.settings import Settings, load_settings
-from editloop.starter.cli import bootstrap_model
+from editloop.starter.cli import bootstrap_model, ship_model
 from editloop.training.cli import train
 from editloop.training.ops_cli import retrain, status, trainer
 
@@ -37,8 +40,10 @@ app.command("status")(status)
 app.command("trainer")(trainer)
 app.command("replay")(replay_command)
 app.command("demo")(demo_command)
+app.command("doctor")(doctor_command)
 app.add_typer(eval_app, name="eval", help="Measure a model: HumanEval infilling, held-out FIM and lines.")
 models_app.command("export")(export_model)
+models_app.command("ship")(ship_model)
 app.add_typer(models_app, name="models", help="List, inspect, activate, roll back and import model versions.")
 app.add_typer(canary_app, name="canary", help="A new version on trial: status, promote, abort.")
 app.add_typer(feedback_app, name="feedback", help="The feedback log: stats, export (JSONL), trim, replay.")
@@ -75,7 +80,29 @@ def run(
     typer.echo(f"active model: {version.name} ({version.gguf_path()})", err=True)
     if settings.trainer:
         typer.echo("the trainer runs beside the server: `editloop status`, `editloop retrain`", err=True)
-    run_server(settings)
+    run_server(settings, on_ready=lambda url: typer.echo(next_steps(url, version.name, settings), err=True))
+
+
+def next_steps(url: str, version: str, settings: Settings) -> str:
+    """What `editloop run` prints once it answers: where things are and what to do first."""
+    editloop = Path(sys.executable).parent / "editloop"
+    command = str(editloop) if editloop.is_file() else "editloop"
+    token = " --token YOUR_TOKEN" if settings.api_tokens else ""
+    home = f"EDITLOOP_HOME={settings.home} " if "EDITLOOP_HOME" in os.environ else ""
+    return (
+        f"\neditloop is serving model {version} at {url}\n"
+        f"  API        POST {url}/complete  (also /infill, /v1/completions, /tabby; GET /health, /metrics)\n"
+        f"  dashboard  {url}/dashboard\n"
+        "next:\n"
+        "  1. connect an editor (README.md, Editors: Neovim, VS Code, Emacs, Helix); its language server is\n"
+        f"       {command} lsp --server {url}{token}\n"
+        f"  2. open the dashboard: {url}/dashboard\n"
+        "  3. watch the loop learn: in another shell run\n"
+        f"       {home}{command} demo\n"
+        "     it replays real code through a server of its own, retrains on it and activates the\n"
+        "     result; this server swaps to the new version\n"
+        "Ctrl-C stops the server.\n"
+    )
 
 
 @app.command()

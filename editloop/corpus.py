@@ -55,6 +55,15 @@ class Corpus:
 
         return {"train": stats(self.train), "heldout": stats(self.heldout), "excluded": stats(self.excluded)}
 
+    def digest(self) -> str:
+        """sha256 over every file's split, path and text: names the exact corpus a model saw."""
+        h = hashlib.sha256()
+        for split, files in (("train", self.train), ("heldout", self.heldout), ("excluded", self.excluded)):
+            for f in files:
+                text = hashlib.sha256(f.text.encode()).hexdigest()
+                h.update(f"{split}\0{f.path}\0{text}\n".encode())
+        return h.hexdigest()
+
 
 def heldout_bucket(path: str) -> float:
     """A path's position in [0, 1); files below the held-out fraction are held out."""

@@ -25,6 +25,7 @@ CONFIG_ENV = "EDITLOOP_CONFIG"
 
 
 def _default_home() -> Path:
+    """``$XDG_DATA_HOME/editloop``, else ``~/.local/share/editloop``."""
     data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(data_home) / "editloop"
 
@@ -99,6 +100,11 @@ class Settings(BaseSettings):
     remote_api_key: str | None = Field(default=None, description="Bearer key for the remote server.")
     registry_poll_s: float = Field(
         default=2.0, gt=0, description="How often the server looks for a new version."
+    )
+    starter_dir: Path | None = Field(
+        default=None,
+        description="Folder `editloop run` imports when no version is active (written by `editloop models "
+        "ship`); unset: the small starter shipped with editloop, else one built here.",
     )
 
     # Completion

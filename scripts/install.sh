@@ -4,11 +4,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# `--test-tools` (what `make test` adds): only the programs the end-to-end tests drive, so `make run`
+# never installs a browser or an editor.
+test_tools=0
+[ "${1:-}" = "--test-tools" ] && test_tools=1
+
+installed() {
+    command -v dpkg-query >/dev/null 2>&1 || return 0  # not Debian: nothing to ask apt for
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"
+}
+
 missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
-# headless Chromium: the dashboard's screenshot test
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if ((test_tools)); then
+    # headless Chromium: the dashboard's screenshot test; Emacs with eglot and lsp-mode: README's
+    # Emacs snippets run for real (tests/test_editors_emacs.py)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v emacs >/dev/null 2>&1 || missing+=(emacs-nox)
+    installed elpa-eglot || missing+=(elpa-eglot)
+    installed elpa-lsp-mode || missing+=(elpa-lsp-mode)
+else
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+fi
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -16,6 +33,7 @@ if ((${#missing[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+((test_tools)) && exit 0
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

@@ -1,12 +1,13 @@
 """README's Emacs snippets, run for real: Emacs (batch) starts ``editloop lsp`` through eglot or
 lsp-mode, asks for completions on the tiny model and accepts one; the events reach Redis.
 
-Needs Emacs with the client package (Debian: ``apt-get install emacs-nox elpa-eglot elpa-lsp-mode``);
-skipped where they are missing, like the dashboard's browser test.
+Needs Emacs with the client package (Debian: ``apt-get install emacs-nox elpa-eglot elpa-lsp-mode``),
+which ``make test`` installs (``scripts/install.sh --test-tools``); skipped where they are missing.
 """
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests.redis_fixtures import running_redis
 from tests.server_fixtures import copy_home, server_env
 
 DRIVERS = Path(__file__).parent / "editors"
+README = Path(__file__).parents[1] / "README.md"
 DOC = "import os\n\n\ndef add(a, b):\n    return \n\n\ndef main():\n    print(add(1, 2))\n"
 CLIENTS = {"eglot": "eglot", "lsp-mode": "lsp-mode"}  # driver file -> Emacs feature
 # What reaches Redis. eglot 1.9 (Debian 12's) never runs a completion item's command, so the
@@ -38,6 +40,15 @@ def emacs_with(feature: str) -> str:
     if probe.returncode != 0:
         pytest.skip(f"Emacs has no {feature} (apt-get install elpa-{feature})")
     return emacs
+
+
+def test_the_drivers_run_readme_snippets_verbatim() -> None:
+    readme = README.read_text()
+    lsp_mode = re.search(r"```elisp\n(.*?)```", readme, re.S)
+    eglot = re.search(r"`(\(add-to-list 'eglot-server-programs [^`]*)`", readme)
+    assert lsp_mode and eglot, "README lost its Emacs snippets"
+    assert lsp_mode.group(1) in (DRIVERS / "lsp-mode.el").read_text()
+    assert eglot.group(1) in (DRIVERS / "eglot.el").read_text()
 
 
 @pytest.fixture(scope="module")

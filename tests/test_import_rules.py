@@ -14,7 +14,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "editloop"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"", "errors", "settings", "metrics", "corpus", "sandbox", "filelock", "clients"}),  # "": root
+    frozenset(
+        {"", "errors", "settings", "settings_doc", "metrics", "corpus", "sandbox", "filelock", "clients"}
+    ),  # "": the package root
     frozenset({"models"}),
     frozenset({"completion"}),
     frozenset({"feedback"}),
@@ -22,7 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"eval"}),
     frozenset({"training"}),
     frozenset({"starter"}),
-    frozenset({"cli", "demo", "__main__"}),
+    frozenset({"cli", "demo", "doctor", "__main__"}),
 )
 PEERS = {("server", "lsp"), ("lsp", "server")}
 

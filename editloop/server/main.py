@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import uvicorn
@@ -78,15 +80,39 @@ def trainer_sidecar(settings: Settings) -> Iterator[subprocess.Popen | None]:
             child.wait()
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until stopped; ``on_ready(url)`` runs once the model is loaded and the port answers."""
     host = effective_host(settings)
     if not settings.api_tokens:
         log.warning("no API tokens configured: open to local users only, on %s:%d", host, settings.port)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        url = f"http://{_reachable(host)}:{settings.port}"
+        threading.Thread(target=_when_started, args=(server, url, on_ready), daemon=True).start()
     with trainer_sidecar(settings):
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=settings.port,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=5,
-        )
+        server.run()
+    if not server.started:
+        sys.exit(3)  # what uvicorn.run does when startup failed (port taken, lifespan error)
+
+
+def _reachable(host: str) -> str:
+    """An address to print for ``host``: a wildcard bind is reachable on loopback too."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _when_started(server: uvicorn.Server, url: str, on_ready: Callable[[str], None]) -> None:
+    # uvicorn sets `started` after the lifespan (model load, feedback log) and the socket bind.
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.1)
+    on_ready(url)

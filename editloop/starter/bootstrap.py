@@ -17,12 +17,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 
 from editloop.corpus import DEFAULT_EXCLUDE, Corpus, load_corpus
+from editloop.errors import CorpusError
 from editloop.eval.engine import engine_for
 from editloop.eval.fim import evaluate_fim, fim_tasks, heldout_files
 from editloop.models.export import load_hf
 from editloop.models.publish import DEFAULT_QUANTS, export_verified
 from editloop.models.registry import ModelVersion, Registry
+from editloop.models.shipped import MANIFEST as SHIPPED_MANIFEST
+from editloop.models.shipped import import_shipped
 from editloop.settings import Settings
+from editloop.starter import SHIPPED_DIR
 from editloop.starter.tokenizer import train_tokenizer
 from editloop.starter.trainer import SIZES, StarterSize, StarterTrainer, TrainResult
 
@@ -110,12 +114,39 @@ def _evaluate(gguf: Path, fim, training_data: dict, options: BootstrapOptions, s
 
 
 def ensure_starter_model(settings: Settings, size: str = "small") -> ModelVersion:
-    """The active version, building a starter model first when there is none."""
+    """The active version; when there is none, the shipped starter imported, else one built here.
+
+    Importing takes seconds where building ``small`` takes 17 to 75 minutes on 2 cores.
+    """
     registry = Registry(settings.models_dir)
     current = registry.current()
     if current is not None:
         return registry.verify(current.name)
+    shipped = settings.starter_dir or SHIPPED_DIR / size
+    if settings.starter_dir is not None or (shipped / SHIPPED_MANIFEST).is_file():
+        version = import_shipped(registry, shipped)
+        log.info("imported the shipped starter %s as %s", shipped, version.name)
+        return registry.activate(version.name)
+    log.info("no shipped starter in %s: building the %s starter here", shipped, size)
     return bootstrap(settings, BootstrapOptions(size=size))
+
+
+def corpus_digest(training_data: dict) -> str | None:
+    """The digest of the corpus a starter was trained on, read again from this machine.
+
+    None when ``training_data`` does not name a corpus this way, or when the files found here
+    differ from the ones it counted (another Python's standard library, say).
+    """
+    try:
+        corpus = load_corpus(
+            list(training_data["sources"]),
+            set(training_data["languages"]),
+            exclude=tuple(training_data["exclude"]),
+            max_bytes=training_data["size"]["max_corpus_bytes"],
+        )
+    except (KeyError, TypeError, CorpusError):
+        return None
+    return corpus.digest() if corpus.describe() == training_data.get("corpus") else None
 
 
 def _size(options: BootstrapOptions) -> StarterSize:
@@ -186,6 +217,7 @@ def _training_data(corpus: Corpus, options: BootstrapOptions, size: StarterSize,
         "languages": list(options.languages),
         "exclude": list(options.exclude),
         "corpus": corpus.describe(),
+        "corpus_digest": corpus.digest(),
         "seed": options.seed,
         "size": dataclasses.asdict(size) | {"steps": result.steps},
         "reproduce": f"editloop bootstrap-model --size {size.name} --steps {result.steps} "

@@ -1,10 +1,11 @@
 """``editloop bootstrap-model``: train the starter model here (mounted by :mod:`editloop.cli`)."""
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from editloop.errors import CorpusError, OptionError
+from editloop.errors import CorpusError, ModelError, OptionError
 from editloop.settings import load_settings
 
 SIZE_HELP = "tiny (≤30 s, for tests), small (≤20 min on 2 cores), base (hours)"
@@ -62,3 +63,37 @@ def _check_counts(steps: int | None, line_steps: int | None, minutes: float | No
         raise OptionError(f"--line-steps must be 0 (no line-completion phase) or more, not {line_steps}")
     if minutes is not None and minutes <= 0:
         raise OptionError(f"--minutes must be more than 0, not {minutes}")
+
+
+def ship_model(
+    version: Annotated[str, typer.Argument(help="the version to ship, such as v1, or 'current'")] = "current",
+    to: Annotated[
+        Path | None,
+        typer.Option(help="folder to write (default for a starter: editloop/starter/shipped/SIZE)"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace the folder if it exists")] = False,
+) -> None:
+    """Write a version's HF weights, tokenizer and Q8_0 GGUF with a manifest: what `editloop run` imports.
+
+    The manifest holds the recipe that rebuilds the weights, the corpus digest, the version's
+    figures and the sha256 of every file.
+    """
+    from editloop.models.registry import Registry
+    from editloop.models.shipped import export_shipped
+    from editloop.starter import SHIPPED_DIR
+    from editloop.starter.bootstrap import corpus_digest
+
+    checked = Registry(load_settings().models_dir).verify(version)
+    data = checked.manifest.training_data
+    size = (data.get("size") or {}).get("name")
+    if to is None and size is None:
+        raise ModelError(f"{checked.name} is not a starter model: say where to write it with --to")
+    dest = to or SHIPPED_DIR / size
+    digest = data.get("corpus_digest") or corpus_digest(data)
+    manifest = export_shipped(checked, dest, corpus_digest=digest, replace=force)
+    total = sum((dest / rel).stat().st_size for rel in manifest.files)
+    typer.echo(f"shipped {checked.name} to {dest}: {len(manifest.files)} files, {total / 1e6:.1f} MB")
+    if digest is None:
+        typer.echo(
+            "note: no corpus digest (the corpus read here differs from the one it trained on)", err=True
+        )
