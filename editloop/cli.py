@@ -16,7 +16,7 @@ from editloop.eval.cli import app as eval_app
 from editloop.eval.cli import eval_lines
 from editloop.eval.replay_cli import replay_command
 from editloop.feedback.cli import app as feedback_app
-from editloop.models.cli import export_model
+from editloop.models.cli import export_model, synth_model
 from editloop.models.registry_cli import app as models_app
 from editloop.settings import Settings, load_settings
 from editloop.starter.cli import bootstrap_model
@@ -38,6 +38,7 @@ app.command("replay")(replay_command)
 app.command("demo")(demo_command)
 app.add_typer(eval_app, name="eval", help="Measure a model: HumanEval infilling, held-out FIM and lines.")
 models_app.command("export")(export_model)
+models_app.command("synth")(synth_model)
 app.add_typer(models_app, name="models", help="List, inspect, activate, roll back and import model versions.")
 app.add_typer(feedback_app, name="feedback", help="The feedback log: stats, export (JSONL), trim, replay.")
 

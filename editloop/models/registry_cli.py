@@ -71,7 +71,7 @@ def _summary(version: ModelVersion, current: str | None) -> list[str]:
     return [
         mark,
         version.name,
-        m.kind,
+        m.kind if not m.synthetic or m.kind == "synthetic" else f"{m.kind} (synthetic)",
         created,
         m.parent or "",
         m.arch or "",

@@ -30,6 +30,7 @@ from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings
 from editloop.training.dataset import Dataset, DatasetConfig, FeedbackArchive, Sample, build_dataset
 from editloop.training.gate import GateConfig, GateReport
+from editloop.training.launch import Launch, run_grpo_stage, run_sft_stage
 from editloop.training.value import calibrate_threshold, evaluate, logprob_scores, train_value_model
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class CycleConfig:
     )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank for SFT and GRPO."})
     device: str = field(default=_setting("retrain_device"), metadata={"help": "cpu, cuda or auto."})
+    launch: Launch = field(
+        default_factory=Launch, metadata={"help": "Processes SFT and GRPO train in (DDP when more than one)."}
+    )
     gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "When a candidate is published."})
     dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"help": "Targets and split."})
     general_mix: float = field(
@@ -210,10 +214,10 @@ class Cycle:
         )
 
     def _train(self, current: ModelVersion, data: Dataset) -> tuple[Path, dict]:
-        from editloop.training.grpo import GrpoConfig, run_grpo
+        from editloop.training.grpo import GrpoConfig
         from editloop.training.rewards.combined import CombinedReward
         from editloop.training.runtime import LoraSettings
-        from editloop.training.sft import SftConfig, run_sft
+        from editloop.training.sft import SftConfig
 
         base = current.hf_path()
         assert base is not None
@@ -221,7 +225,8 @@ class Cycle:
         rehearsal = general_rows(int(len(rows) * self.config.general_mix), self.config.seed)
         lora = LoraSettings(rank=self.config.lora_rank)
         self._enter("sft", f"SFT on {len(rows)} feedback samples + {len(rehearsal)} general-code rows")
-        sft = run_sft(
+        sft = run_sft_stage(
+            self.config.launch,
             base,
             rows + rehearsal,
             self.dir / "sft",
@@ -238,7 +243,8 @@ class Cycle:
         adapter = sft.adapter_dir
         if self.config.grpo_steps > 0:
             self._enter("grpo", f"GRPO on {len(rows)} prompts")
-            grpo = run_grpo(
+            grpo = run_grpo_stage(
+                self.config.launch,
                 base,
                 rows,
                 [CombinedReward(execution=False)],

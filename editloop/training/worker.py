@@ -22,6 +22,7 @@ from editloop.feedback.control import CycleBusyError
 from editloop.settings import Settings
 from editloop.training.cycle import Cycle, CycleConfig, CycleState, FeedbackSource, sweep_staging
 from editloop.training.gate import GateConfig
+from editloop.training.launch import launch_for
 
 log = logging.getLogger(__name__)
 CONSUMER_GROUP = "trainer"
@@ -36,6 +37,7 @@ def cycle_config(settings: Settings, force: bool = False) -> CycleConfig:
         learning_rate=settings.retrain_learning_rate,
         general_mix=settings.retrain_general_mix,
         device=settings.retrain_device,
+        launch=launch_for(settings),
         general_samples=settings.retrain_general_samples,
         general_checks=settings.retrain_general_samples > 0 or settings.retrain_humaneval_tasks > 0,
         humaneval_tasks=settings.retrain_humaneval_tasks,
