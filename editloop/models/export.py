@@ -76,6 +76,14 @@ def load_hf(hf_dir: Path, adapter_dir: Path | None = None) -> tuple[PreTrainedMo
     return model.eval(), tokenizer
 
 
+def checkpoint_dtype(hf_dir: Path) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in (its config's), fp32 when it does not say."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name), None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def write_gguf(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path
 ) -> tuple[str, FimTemplate]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editloop.models.export import ExportResult, export_gguf, load_hf
+from editloop.models.export import ExportResult, checkpoint_dtype, export_gguf, load_hf
 from editloop.models.parity import ParityInputs, default_inputs, verify_export
 from editloop.models.registry import ModelVersion, Registry
 from editloop.models.synth import is_synthetic
@@ -125,6 +125,10 @@ def stage_checkpoint(
     model, tokenizer = load_hf(hf_dir, adapter_dir)
     with registry.stage() as staging:
         exported, checks = export_verified(model, tokenizer, staging, quants, threads, inputs)
+        if adapter_dir is None:
+            # Unchanged weights keep the checkpoint's own dtype (a bf16 1.5B stays 3 GB, not 6); a
+            # merged adapter stays fp32, where its small deltas are not rounded away.
+            model.to(checkpoint_dtype(hf_dir))
         model.save_pretrained(staging / "hf", safe_serialization=True)
         tokenizer.save_pretrained(staging / "hf")
         if adapter_dir is not None:
