@@ -517,16 +517,12 @@ def run_child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def training(version, work: Path, parity_prompts: int) -> dict:
+def training(version, work: Path, parity_prompts: int, device: str) -> dict:
     hf_dir = version.hf_path()
-    sft = child("sft", hf_dir, work / "sft")
-    grpo = child("grpo", hf_dir, work / "grpo")
-    merged = child(
-        "export",
-        hf_dir,
-        work / "export",
-        ["--adapter", sft["adapter"], "--parity-prompts", str(parity_prompts)],
-    )
+    sft = child("sft", hf_dir, work / "sft", device)
+    grpo = child("grpo", hf_dir, work / "grpo", device)
+    extra = ["--adapter", sft["adapter"], "--parity-prompts", str(parity_prompts)]
+    merged = child("export", hf_dir, work / "export", "cpu", extra)  # export runs on the CPU everywhere
     return {"sft_step": sft, "grpo_step": grpo, "merge_export_parity": merged}
 
 

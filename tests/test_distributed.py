@@ -8,7 +8,7 @@ from transformers import set_seed
 
 from editloop.errors import TrainingDataError
 from editloop.training.cycle import general_rows
-from editloop.training.launch import Launch, run_sft_stage
+from editloop.training.launch import Launch, accelerate_command, run_sft_stage
 from editloop.training.metrics import read_metrics
 from editloop.training.sft import SftConfig, completion_loss, run_sft
 
@@ -53,3 +53,19 @@ def test_a_batch_that_does_not_split_across_the_processes_is_refused(
     config = dataclasses.replace(CONFIG, batch_size=3)
     with pytest.raises(TrainingDataError, match="does not split across 2 training processes"):
         run_sft_stage(Launch(processes=2, threads=1), tiny_hf_dir, general_rows(8, seed=0), tmp_path, config)
+
+
+@pytest.mark.parametrize(
+    "name", ["accelerate.yaml", "accelerate-zero2.yaml", "accelerate-zero3.yaml", "accelerate-fsdp.yaml"]
+)
+def test_the_multi_gpu_configs_load_and_reach_accelerate_launch(name: str, tmp_path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    path = Path(__file__).resolve().parents[1] / "docker" / name
+    config = load_config_from_file(str(path))
+    assert config.mixed_precision == "bf16" and not config.use_cpu
+    command = accelerate_command(Launch(processes=8, config_file=path), tmp_path, port=29511)
+    args = launch_command_parser().parse_args(command[3:])  # after `python -m accelerate.commands.launch`
+    assert (args.config_file, args.num_processes, args.main_process_port) == (str(path), 8, 29511)
+    assert args.training_script == "editloop.training.launch" and args.module

@@ -188,6 +188,7 @@ def test_linear_rope_scaling_is_exported_and_checked(tiny_hf_dir: Path, tmp_path
         rope_theta=1e5,
         rope_scaling={"type": "linear", "factor": 4.0},
     )
+    (tmp_path / "ok").mkdir()
     exported, checks = export_verified(model, tokenizer, tmp_path / "ok", quants=("f16",))
     assert checks["greedy"]["token_agreement"]["f16"] == 1.0
     f16 = exported.files["f16"]

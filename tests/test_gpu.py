@@ -107,9 +107,8 @@ def test_the_remote_backend_completes_through_vllm_serve(qwen_hf: Path, tmp_path
         try:
             # vLLM's /v1/completions answers 400 to a `suffix`: this passes only because the
             # backend sends the FIM prompt it built itself.
-            result = engine_for(backend).complete(
-                CompletionRequest(prefix="def add(a, b):\n    ", suffix="\n", n=3, mode="block", max_tokens=16)
-            )
+            request = CompletionRequest(prefix="def add(a, b):\n    ", suffix="\n", n=3, max_tokens=16)
+            result = engine_for(backend).complete(request)
             generated = backend.generate(backend.tokenize("x = 1\n"), GenerationParams(n=2, max_tokens=8))
         finally:
             backend.close()

@@ -249,7 +249,8 @@ def vllm_like_proxy(upstream: str) -> Iterator[tuple[str, list[dict]]]:
                 status, reply = 400, json.dumps({"error": {"message": "suffix is not currently supported"}})
                 data = reply.encode()
             else:
-                forwarded = httpx.post(upstream + self.path, content=raw, timeout=60)
+                headers = {"Content-Type": "application/json"}
+                forwarded = httpx.post(upstream + self.path, content=raw, headers=headers, timeout=60)
                 status, data = forwarded.status_code, forwarded.content
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

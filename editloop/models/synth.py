@@ -40,6 +40,7 @@ TOKENIZER_TEXT_CHARS = 3_000_000  # of standard-library code: enough for 16k mer
 EMBED_STD = 0.2  # logits of std ~ 0.2 * sqrt(hidden): clear argmaxes, and sampling still varies
 JITTER_STD = 0.1  # norm weights 1 ± this, biases of this std
 F16_MIN_NORMAL = 2.0**-14  # smaller values would be f16 subnormals, which lose bf16's bits
+INIT_VERSION = 2  # in the recipe stamp: a checkpoint built by another init is rebuilt, not reused
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def synth_checkpoint(name: str, out_dir: Path, layers: int | None = None, seed: 
     n_layers = layers or spec.config["num_hidden_layers"]
     if not 1 <= n_layers <= spec.config["num_hidden_layers"]:
         raise ModelError(f"--layers must be 1 to {spec.config['num_hidden_layers']} for {name}, not {layers}")
-    recipe = {"shape": name, "layers": n_layers, "seed": seed, "source": spec.source}
+    recipe = {"shape": name, "layers": n_layers, "seed": seed, "source": spec.source, "init": INIT_VERSION}
     stamp = out_dir / "synthetic.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
         return out_dir
@@ -258,7 +259,12 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             values *= JITTER_STD
         elif param.ndim == 1:  # norm weights
             values = 1.0 + JITTER_STD * values
-        elif "embed" in name or "lm_head" in name:
+        elif name.startswith("lm_head"):
+            # An untied head starts as the embeddings plus noise: logits then favour tokens of the
+            # context, as a trained model's do, instead of a random projection whose near-ties any
+            # quantization flips (DeepSeek's shape agreed on 89.6% of Q8_0 argmaxes that way).
+            values = model.get_input_embeddings().weight.float() + JITTER_STD * EMBED_STD * values
+        elif "embed" in name:
             values *= EMBED_STD
         else:  # projections: output as large as input, so every layer moves the residual stream
             values /= param.shape[1] ** 0.5

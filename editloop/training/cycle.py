@@ -60,6 +60,10 @@ class CycleConfig:
         default=_setting("retrain_grpo_steps"), metadata={"help": "GRPO optimizer steps (0 skips GRPO)."}
     )
     grpo_minutes: float | None = field(default=10.0, metadata={"help": "GRPO time budget."})
+    grpo_effect: bool = field(
+        default=True,
+        metadata={"help": "Score the SFT-only model against SFT + GRPO on held-out feedback (report only)."},
+    )
     learning_rate: float = field(
         default=_setting("retrain_learning_rate"), metadata={"help": "SFT learning rate of the LoRA adapter."}
     )
@@ -259,8 +263,18 @@ class Cycle:
                 adapter_dir=adapter,
             )
             reports["grpo"] = grpo.to_dict()
+            if self.config.grpo_effect and data.sft_heldout:
+                reports["grpo"]["effect"] = self._grpo_effect(base, sft.adapter_dir, grpo.adapter_dir, data)
             adapter = grpo.adapter_dir
         return adapter, reports
+
+    def _grpo_effect(self, base: Path, sft_adapter: Path, grpo_adapter: Path, data: Dataset) -> dict:
+        from editloop.training.grpo_effect import grpo_effect
+
+        self._enter("grpo", "scoring what GRPO changed on held-out feedback")
+        threads = self.settings.model_threads or None
+        work = self.dir / "grpo-effect"
+        return grpo_effect(base, sft_adapter, grpo_adapter, data.sft_heldout, self.config.gate, work, threads)
 
     def _export_gate_publish(
         self,
