@@ -140,25 +140,34 @@ def editor_prompts(tokenize, count: int, seed: int, n_ctx: int) -> list[tuple[st
     for path in rng.choice(files, size=count, replace=False):
         text = path.read_text(encoding="utf-8", errors="replace")
         cursor = text.find("\n", int(rng.integers(len(text) // 3, 2 * len(text) // 3))) + 1
-        prompts.append(
-            (_last_tokens(tokenize, text[:cursor], before), _first_tokens(tokenize, text[cursor:], after))
-        )
+        prefix = _last_tokens(tokenize, text[:cursor], before)
+        suffix = _first_tokens(tokenize, text[cursor:], after)
+        if len(tokenize(prefix + suffix)) > before + after + 200:  # one very long line: keep it out
+            raise RuntimeError(f"{path.name}: no ≈{before + after}-token window at {cursor}")
+        prompts.append((prefix, suffix))
     return prompts
 
 
 def _last_tokens(tokenize, text: str, n: int) -> str:
-    chars = n * 3
-    while len(tokenize(text[-chars:])) < n and chars < len(text):
-        chars *= 2
-    piece = text[-chars:]
-    return piece[piece.find("\n") + 1 :] if len(tokenize(piece)) > n * 1.2 else piece
+    """The whole lines at the end of ``text`` that make about ``n`` tokens (the cursor's line last)."""
+    lines = text.splitlines(keepends=True)
+    kept, count = [], 0
+    while lines and count < n:
+        line = lines.pop()
+        count += len(tokenize(line))
+        kept.append(line)
+    return "".join(reversed(kept))
 
 
 def _first_tokens(tokenize, text: str, n: int) -> str:
-    chars = n * 3
-    while len(tokenize(text[:chars])) < n and chars < len(text):
-        chars *= 2
-    return text[:chars]
+    lines = text.splitlines(keepends=True)
+    kept, count = [], 0
+    for line in lines:
+        if count >= n:
+            break
+        count += len(tokenize(line))
+        kept.append(line)
+    return "".join(kept)
 
 
 def percentiles(seconds: list[float]) -> dict:
@@ -583,6 +592,7 @@ def main() -> None:
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where training steps run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="reuse models measured by an earlier run")
     parser.add_argument("--child", choices=("sft", "grpo", "export"), help=argparse.SUPPRESS)
     parser.add_argument("--hf", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -593,11 +603,17 @@ def main() -> None:
         return
     started = time.perf_counter()
     report = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}, "models": {}}
-    home, version = starter_version(args.starter_home, args.work)
-    report["models"]["starter"] = measure("starter", home, version, args.work / "bench-starter", args, None)
-    for shape in filter(None, args.shapes.split(",")):
-        home, version, build_s = synthetic_version(shape, args.work)
-        report["models"][shape] = measure(shape, home, version, args.work / f"bench-{shape}", args, build_s)
+    for name in ["starter", *filter(None, args.shapes.split(","))]:
+        saved = args.work / f"result-{name}.json"
+        if args.resume and saved.is_file():
+            report["models"][name] = json.loads(saved.read_text())
+            continue
+        if name == "starter":
+            (home, version), build_s = starter_version(args.starter_home, args.work), None
+        else:
+            home, version, build_s = synthetic_version(name, args.work)
+        report["models"][name] = measure(name, home, version, args.work / f"bench-{name}", args, build_s)
+        saved.write_text(json.dumps(report["models"][name], indent=2))
     report["machine"]["load_average_at_end"] = os.getloadavg()
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["command"] = " ".join([Path(sys.executable).name, *sys.argv])
