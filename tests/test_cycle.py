@@ -95,6 +95,11 @@ def test_replayed_feedback_yields_a_gated_version_the_server_swaps_to(replayed_h
     gate = state.reports["gate"]
     assert gate["passed"]
     assert gate["feedback"]["edit_similarity"]["low"] > 0
+    # The report says what GRPO changed: SFT alone against SFT + GRPO, scored as the gate scores.
+    effect = state.reports["grpo"]["effect"]
+    assert effect["samples"] > 0 and "edit similarity" in effect["verdict"]
+    row = effect["feedback"]["edit_similarity"]
+    assert row["low"] <= row["high"] and 0 <= row["sft"] <= 1 and 0 <= row["sft_grpo"] <= 1
     version = Registry(settings.models_dir).get(state.version)
     assert version.manifest.parent == state.parent and version.manifest.kind == "retrain"
     assert version.manifest.metrics["gate"]["passed"]
@@ -257,7 +262,9 @@ def test_a_rank_killed_mid_cycle_fails_it_cleanly_and_the_retry_succeeds(replaye
     registry = Registry(home / "models")
     before = [v.name for v in registry.versions()], registry.current_name()
     # Two ranks (gloo), a short SFT and one GRPO step; forced, since the point is the path, not the gain.
-    config = dataclasses.replace(CYCLE, sft_steps=12, grpo_steps=1, force=True, launch=Launch(2, threads=1))
+    config = dataclasses.replace(
+        CYCLE, sft_steps=12, grpo_steps=1, grpo_effect=False, force=True, launch=Launch(2, threads=1)
+    )
     with running_server(home, abstain_threshold=0.0) as (url, settings, _app):
         killed: list[int] = []
         stop = threading.Event()
