@@ -170,13 +170,25 @@ def _first_tokens(tokenize, text: str, n: int) -> str:
     return "".join(kept)
 
 
-def percentiles(seconds: list[float]) -> dict:
+def percentiles(seconds: list[float], cpu: list[float] | None = None) -> dict:
+    """p50/p95 of wall time, and the median CPU time the work itself took (which load barely moves)."""
     ordered = sorted(seconds)
-    return {
+    result = {
         "p50_ms": round(statistics.median(ordered) * 1000, 1),
         "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1),
         "n": len(ordered),
     }
+    if cpu:
+        result["cpu_p50_ms"] = round(statistics.median(cpu) * 1000, 1)
+    return result
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, every thread) of process ``pid``; this one when None."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- servers ----------------------------------------------------------------------------------
@@ -243,10 +255,11 @@ def stop(process: subprocess.Popen) -> None:
 # -- serving measurements ----------------------------------------------------------------------
 
 
-def timed(call) -> tuple[float, object]:
-    started = time.perf_counter()
+def timed(call, pid: int | None = None) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of process ``pid`` or this one, result) of ``call()``."""
+    cpu, started = cpu_seconds(pid), time.perf_counter()
     result = call()
-    return time.perf_counter() - started, result
+    return time.perf_counter() - started, cpu_seconds(pid) - cpu, result
 
 
 def complete_body(prefix: str, suffix: str, n: int) -> dict:
@@ -266,9 +279,13 @@ def serving(version, home: Path, work: Path, prompts: list[tuple[str, str]]) -> 
     ours = editloop_server(home, ports[0], work / "editloop-serve.log")
     theirs = llama_cpp_server(gguf, ports[1], 2048, work / "llama-cpp-server.log")
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    times: dict[str, list[float]] = {k: [] for k in ("editloop_n1", "editloop_n5", "server_n1", "server_n5")}
-    times |= {"raw_n1": [], "raw_n5": []}
+    runs: dict[str, tuple[list[float], list[float]]] = {}
     prompt_tokens, cached = [], []
+
+    def record(name: str, wall: float, cpu: float) -> None:
+        runs.setdefault(name, ([], []))[0].append(wall)
+        runs[name][1].append(cpu)
+
     try:
         with httpx.Client(timeout=600) as http:
             ours_url, theirs_url = f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
@@ -280,22 +297,25 @@ def serving(version, home: Path, work: Path, prompts: list[tuple[str, str]]) -> 
             for (prefix, suffix), text, prompt in zip(prompts, texts, ids, strict=True):
                 for n in (1, 5):
                     body = complete_body(prefix, suffix, n)
-                    seconds, reply = timed(
-                        lambda body=body: http.post(f"{ours_url}/complete", json=body, headers=auth)
+                    wall, cpu, reply = timed(
+                        lambda body=body: http.post(f"{ours_url}/complete", json=body, headers=auth), ours.pid
                     )
                     reply.raise_for_status()
-                    times[f"editloop_n{n}"].append(seconds)
+                    record(f"editloop_n{n}", wall, cpu)
                     if n == 1:
                         prompt_tokens.append(reply.json()["prompt_tokens"])
                         cached.append(reply.json()["cached_tokens"])
-                    times[f"server_n{n}"].append(_server_candidates(http, theirs_url, text, n))
-                    times[f"raw_n{n}"].append(_raw_candidates(llm, prompt, n))
+                    ask = lambda n=n, text=text: _server_candidates(http, theirs_url, text, n)  # noqa: E731
+                    record(f"server_n{n}", *timed(ask, theirs.pid)[:2])
+                    record(
+                        f"raw_n{n}", *timed(lambda n=n, prompt=prompt: _raw_candidates(llm, prompt, n))[:2]
+                    )
             rss = {"editloop": rss_mib(ours.pid), "llama_cpp_server": rss_mib(theirs.pid)}
     finally:
         stop(ours)
         stop(theirs)
         llm.close()
-    result = {k: percentiles(v) for k, v in times.items()}
+    result = {name: percentiles(wall, cpu) for name, (wall, cpu) in sorted(runs.items())}
     result["prompt_tokens_mean"] = round(statistics.mean(prompt_tokens), 1)
     result["editloop_cached_tokens_mean"] = round(statistics.mean(cached), 1)
     result["rss_mib"] = rss
@@ -308,55 +328,53 @@ def _ports(count: int) -> list[int]:
     return [free_port() for _ in range(count)]
 
 
-def _server_candidates(http: httpx.Client, url: str, text: str, n: int) -> float:
+def _server_candidates(http: httpx.Client, url: str, text: str, n: int) -> None:
     """One greedy request, then n-1 sampled ones of the same prompt (the server reuses its KV)."""
-    total = 0.0
     for i in range(n):
         body = {"prompt": text, "max_tokens": NEW_TOKENS, "temperature": 0.0 if i == 0 else 0.7, "seed": i}
-        seconds, reply = timed(lambda body=body: http.post(f"{url}/v1/completions", json=body))
-        reply.raise_for_status()
-        total += seconds
-    return total
+        http.post(f"{url}/v1/completions", json=body).raise_for_status()
 
 
-def _raw_candidates(llm, prompt: list[int], n: int) -> float:
-    total = 0.0
+def _raw_candidates(llm, prompt: list[int], n: int) -> None:
     for i in range(n):
-        seconds, _ = timed(
-            lambda i=i: llm.create_completion(
-                prompt, max_tokens=NEW_TOKENS, temperature=0.0 if i == 0 else 0.7, seed=i
-            )
-        )
-        total += seconds
-    return total
+        llm.create_completion(prompt, max_tokens=NEW_TOKENS, temperature=0.0 if i == 0 else 0.7, seed=i)
 
 
 def speed(version, prompts: list[tuple[str, str]]) -> dict:
-    """llama.cpp prompt and decode tokens/s on the served quant: a cold prompt, then 32 greedy steps."""
+    """llama.cpp prompt and decode tokens/s on the served quant: a cold prompt, then 32 greedy steps.
+
+    Also per CPU-second: what each token costs whatever else runs on the machine.
+    """
     import llama_cpp
     from llama_cpp import Llama
 
     llm = Llama(str(version.gguf_path(QUANT)), n_ctx=2048, n_batch=512, n_threads=THREADS, verbose=False)
     fim = version.manifest.fim
-    prompt_rates, decode_rates = [], []
+    rates: dict[str, list[float]] = {"prompt": [], "prompt_cpu": [], "decode": [], "decode_cpu": []}
+
+    def decode() -> None:
+        for _ in range(NEW_TOKENS):
+            last = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            llm.eval([int(np.ctypeslib.as_array(last, shape=(llm.n_vocab(),)).argmax())])
+
     try:
         for prefix, suffix in prompts:
             ids = llm.tokenize(fim.format(prefix, suffix).encode(), add_bos=False, special=True)
             llm.reset()
-            seconds, _ = timed(lambda ids=ids: llm.eval(ids))
-            prompt_rates.append(len(ids) / seconds)
-            started = time.perf_counter()
-            for _ in range(NEW_TOKENS):
-                logits = np.ctypeslib.as_array(
-                    llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)
-                )
-                llm.eval([int(logits.argmax())])
-            decode_rates.append(NEW_TOKENS / (time.perf_counter() - started))
+            wall, cpu, _ = timed(lambda ids=ids: llm.eval(ids))
+            rates["prompt"].append(len(ids) / wall)
+            rates["prompt_cpu"].append(len(ids) / cpu)
+            wall, cpu, _ = timed(decode)
+            rates["decode"].append(NEW_TOKENS / wall)
+            rates["decode_cpu"].append(NEW_TOKENS / cpu)
     finally:
         llm.close()
+    median = {k: statistics.median(v) for k, v in rates.items()}
     return {
-        "prompt_tokens_per_s": round(statistics.median(prompt_rates), 1),
-        "decode_tokens_per_s": round(statistics.median(decode_rates), 2),
+        "prompt_tokens_per_s": round(median["prompt"], 1),
+        "decode_tokens_per_s": round(median["decode"], 2),
+        "prompt_tokens_per_cpu_s": round(median["prompt_cpu"], 1),
+        "decode_tokens_per_cpu_s": round(median["decode_cpu"], 2),
     }
 
 
@@ -368,9 +386,10 @@ def typing_trace(home: Path, work: Path, files: list[str], steps: int, seed: int
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600, headers=auth) as http:
-            warm = [_typed(http, p, s) for p, s in traces[0]]
+            warm = [_typed(http, server.pid, p, s) for p, s in traces[0]]
             # Two files in turn: each request follows the other file's, so no KV is reused.
-            cold = [_typed(http, p, s) for pair in zip(traces[0], traces[1], strict=True) for p, s in pair]
+            pairs = zip(traces[0], traces[1], strict=True)
+            cold = [_typed(http, server.pid, p, s) for pair in pairs for p, s in pair]
     finally:
         stop(server)
     return {
@@ -390,18 +409,18 @@ def _trace(text: str, steps: int, seed: int) -> list[tuple[str, str]]:
     return out
 
 
-def _typed(http: httpx.Client, prefix: str, suffix: str) -> tuple[float, int, int]:
-    seconds, reply = timed(lambda: http.post("/complete", json=complete_body(prefix, suffix, 1)))
+def _typed(http: httpx.Client, pid: int, prefix: str, suffix: str) -> tuple[float, float, int, int]:
+    wall, cpu, reply = timed(lambda: http.post("/complete", json=complete_body(prefix, suffix, 1)), pid)
     reply.raise_for_status()
     body = reply.json()
-    return seconds, body["prompt_tokens"], body["cached_tokens"]
+    return wall, cpu, body["prompt_tokens"], body["cached_tokens"]
 
 
-def _trace_summary(rows: list[tuple[float, int, int]]) -> dict:
+def _trace_summary(rows: list[tuple[float, float, int, int]]) -> dict:
     return {
-        **percentiles([r[0] for r in rows]),
-        "prompt_tokens_mean": round(statistics.mean(r[1] for r in rows), 1),
-        "cached_tokens_mean": round(statistics.mean(r[2] for r in rows), 1),
+        **percentiles([r[0] for r in rows], [r[1] for r in rows]),
+        "prompt_tokens_mean": round(statistics.mean(r[2] for r in rows), 1),
+        "cached_tokens_mean": round(statistics.mean(r[3] for r in rows), 1),
     }
 
 
@@ -420,8 +439,8 @@ def hot_swap(home: Path) -> dict:
     try:
         models.reload()
         registry.activate(second.name)
-        verify_s, _ = timed(lambda: registry.verify(second.name))
-        swap_s, swapped = timed(models.reload)
+        verify_s, _, _ = timed(lambda: registry.verify(second.name))
+        swap_s, _, swapped = timed(models.reload)
         assert swapped and models.version == second.name
     finally:
         models.close()
@@ -492,12 +511,14 @@ def child_export(hf_dir: Path, out: Path, adapter: Path, prompts: int) -> dict:
     from editloop.training.cycle import CycleConfig
 
     quants = CycleConfig().quants
-    merge_s, (model, tokenizer) = timed(lambda: load_hf(hf_dir, adapter))
+    merge_s, merge_cpu, (model, tokenizer) = timed(lambda: load_hf(hf_dir, adapter))
     out.mkdir(parents=True, exist_ok=True)
-    export_s, exported = timed(lambda: export_gguf(model, tokenizer, out, quants, THREADS))
+    export_s, export_cpu, exported = timed(lambda: export_gguf(model, tokenizer, out, quants, THREADS))
     inputs = default_inputs(n_prompts=prompts)
     files = exported.files
-    verify_s, _ = timed(lambda: verify_export(model, tokenizer, exported.fim, files, inputs, THREADS))
+    verify_s, verify_cpu, _ = timed(
+        lambda: verify_export(model, tokenizer, exported.fim, files, inputs, THREADS)
+    )
     for path in exported.files.values():
         path.unlink()
     return {
@@ -506,6 +527,11 @@ def child_export(hf_dir: Path, out: Path, adapter: Path, prompts: int) -> dict:
         "merge_s": round(merge_s, 1),
         "export_s": round(export_s, 1),
         "parity_s": round(verify_s, 1),
+        "cpu_s": {
+            "merge": round(merge_cpu, 1),
+            "export": round(export_cpu, 1),
+            "parity": round(verify_cpu, 1),
+        },
     }
 
 
@@ -519,8 +545,10 @@ def run_child(args: argparse.Namespace) -> None:
         result = step(args.hf, args.out, args.device)
     else:
         result = child_export(args.hf, args.out, args.adapter, args.parity_prompts)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
+    result["peak_rss_mib"] = round(usage.ru_maxrss / 1024, 1)
     if args.device == "cuda":
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     print(json.dumps(result))
@@ -569,6 +597,9 @@ def ratios(result: dict) -> dict:
     def ratio(a: dict, b: dict) -> float:
         return round(a["p50_ms"] / b["p50_ms"], 3)
 
+    def cpu_ratio(a: dict, b: dict) -> float | None:
+        return round(a["cpu_p50_ms"] / b["cpu_p50_ms"], 3) if b.get("cpu_p50_ms") else None
+
     return {
         "editloop_n1_vs_raw_p50": ratio(c["editloop_n1"], c["raw_n1"]),
         "editloop_n1_vs_llama_cpp_server_p50": ratio(c["editloop_n1"], c["server_n1"]),
@@ -576,6 +607,11 @@ def ratios(result: dict) -> dict:
         "editloop_n5_vs_raw_n5_p50": ratio(c["editloop_n5"], c["raw_n5"]),
         "llama_cpp_server_n5_vs_n1_p50": ratio(c["server_n5"], c["server_n1"]),
         "typing_reused_vs_no_reuse_p50": ratio(typing["reused_kv"], typing["no_reuse"]),
+        # The same, in the CPU time each request took: what the load on a shared machine cannot move.
+        "cpu_editloop_n1_vs_raw": cpu_ratio(c["editloop_n1"], c["raw_n1"]),
+        "cpu_editloop_n5_vs_raw_n5": cpu_ratio(c["editloop_n5"], c["raw_n5"]),
+        "cpu_editloop_n1_vs_llama_cpp_server": cpu_ratio(c["editloop_n1"], c["server_n1"]),
+        "cpu_typing_reused_vs_no_reuse": cpu_ratio(typing["reused_kv"], typing["no_reuse"]),
     }
 
 
