@@ -20,7 +20,7 @@ from editloop.eval.cli import eval_lines
 from editloop.eval.replay_cli import replay_command
 from editloop.feedback.canary_cli import app as canary_app
 from editloop.feedback.cli import app as feedback_app
-from editloop.models.cli import export_model
+from editloop.models.cli import export_model, synth_model
 from editloop.models.registry_cli import app as models_app
 from editloop.settings import Settings, load_settings
 from editloop.starter.cli import bootstrap_model, ship_model
@@ -44,6 +44,7 @@ app.command("doctor")(doctor_command)
 app.add_typer(eval_app, name="eval", help="Measure a model: HumanEval infilling, held-out FIM and lines.")
 models_app.command("export")(export_model)
 models_app.command("ship")(ship_model)
+models_app.command("synth")(synth_model)
 app.add_typer(models_app, name="models", help="List, inspect, activate, roll back and import model versions.")
 app.add_typer(canary_app, name="canary", help="A new version on trial: status, promote, abort.")
 app.add_typer(feedback_app, name="feedback", help="The feedback log: stats, export (JSONL), trim, replay.")

@@ -202,6 +202,17 @@ class Settings(BaseSettings):
         default=3e-3, gt=0, description="SFT learning rate of the LoRA adapter."
     )
     retrain_device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where cycles train.")
+    retrain_processes: int = Field(
+        default=1,
+        ge=0,
+        description="Processes each SFT, GRPO and cold-start stage trains in (DDP under `accelerate launch`, "
+        "gloo on CPUs); 0: one per CUDA GPU.",
+    )
+    retrain_accelerate_config: Path | None = Field(
+        default=None,
+        description="accelerate config for retrain_processes > 1 on multi-GPU boxes (DeepSpeed ZeRO, FSDP: "
+        "docker/accelerate-*.yaml); unset: plain DDP.",
+    )
     retrain_general_samples: int = Field(
         default=60, ge=0, description="Held-out stdlib lines the gate checks for forgetting (0: skip)."
     )

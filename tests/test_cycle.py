@@ -1,8 +1,10 @@
 """The whole loop on the tiny model: replayed feedback → cycle → gated version → hot-swap."""
 
+import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +22,7 @@ from editloop.models.registry import Registry
 from editloop.server.background import free_port
 from editloop.training.cycle import CycleConfig
 from editloop.training.gate import GateConfig
+from editloop.training.launch import Launch
 from editloop.training.worker import Trainer
 from tests.server_fixtures import USER, auth, copy_home, running_server
 
@@ -101,6 +104,11 @@ def test_replayed_feedback_yields_a_gated_version_the_server_swaps_to(replayed_h
     chosen = [p for p in path if p["chosen"]]
     assert len(chosen) == 1 and chosen[0]["passed"] and chosen[0]["label"] == gate["checkpoint"]
     assert chosen[0]["heldout_gain"]["delta"] == max(p["heldout_gain"]["delta"] for p in path if p["passed"])
+    # The report says what GRPO changed: SFT alone against SFT + GRPO, scored as the gate scores.
+    effect = state.reports["grpo"]["effect"]
+    assert effect["samples"] > 0 and "edit similarity" in effect["verdict"]
+    row = effect["feedback"]["edit_similarity"]
+    assert row["low"] <= row["high"] and 0 <= row["sft"] <= 1 and 0 <= row["sft_grpo"] <= 1
     version = Registry(settings.models_dir).get(state.version)
     assert version.manifest.parent == state.parent and version.manifest.kind == "retrain"
     assert version.manifest.metrics["gate"]["passed"]
@@ -262,3 +270,50 @@ def test_rehearsal_rows_come_from_the_starter_training_files_only() -> None:
     assert len(rows) == 40 and all(r["reference"].strip() and r["language"] == "python" for r in rows)
     assert not {r["filepath"] for r in rows} & heldout  # the gate's general check never sees them
     assert general_rows(40, seed=0) == rows and general_rows(0, seed=0) == []
+
+
+def _kill_rank_once_training(home: Path, rank: int, killed: list[int], stop: threading.Event) -> None:
+    """Once rank 0 has logged a training step, SIGKILL ``rank`` (its pid file is in the launch dir)."""
+    while not stop.is_set():
+        metrics = [p for p in home.glob("runs/*/sft/metrics.jsonl") if p.stat().st_size > 0]
+        pids = list(home.glob(f"runs/*/sft/launch/rank-{rank}.pid"))
+        if metrics and pids:
+            pid = int(pids[0].read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_a_rank_killed_mid_cycle_fails_it_cleanly_and_the_retry_succeeds(replayed_home, tmp_path) -> None:
+    home = _copy(replayed_home, tmp_path / "home")
+    registry = Registry(home / "models")
+    before = [v.name for v in registry.versions()], registry.current_name()
+    # Two ranks (gloo), a short SFT and one GRPO step; forced, since the point is the path, not the gain.
+    config = dataclasses.replace(CYCLE, sft_steps=12, grpo_steps=1, force=True, launch=Launch(2, threads=1))
+    with running_server(home, abstain_threshold=0.0) as (url, settings, _app):
+        killed: list[int] = []
+        stop = threading.Event()
+        killer = threading.Thread(target=_kill_rank_once_training, args=(home, 1, killed, stop), daemon=True)
+        killer.start()
+        with open_feedback(settings) as feedback:
+            failed = Trainer.from_settings(settings, feedback.store).run_cycle("test", config=config)
+        stop.set()
+        killer.join()
+        assert killed, "rank 1 never started training"
+        assert failed.status == "failed" and failed.stage == "sft", failed.message
+        assert "training processes exited" in failed.message
+        assert ([v.name for v in registry.versions()], registry.current_name()) == before
+        staging = home / "models" / ".staging"
+        assert not staging.exists() or not any(staging.iterdir())
+        reply = httpx.post(f"{url}/complete", json={"prefix": "import json\n", "suffix": ""}, headers=auth())
+        assert reply.status_code == 200 and reply.json()["model_version"] == before[1]  # still serving
+
+        with open_feedback(settings) as feedback:
+            retry = Trainer.from_settings(settings, feedback.store).run_cycle("test", config=config)
+    assert retry.status == "published", (retry.message, retry.reports)
+    assert retry.reports["sft"]["steps"] == 12 and retry.reports["grpo"]["steps"] == 1
+    assert registry.current_name() == retry.version and [v.name for v in registry.versions()] == [
+        *before[0],
+        retry.version,
+    ]

@@ -126,3 +126,81 @@ def test_unsupported_architecture_is_refused(tiny_hf_dir: Path, tmp_path: Path) 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2))
     with pytest.raises(ExportError, match="supported architectures are"):
         export_verified(model, tokenizer, tmp_path)
+
+
+def _small(tiny_hf_dir: Path, model_type: str, **fields) -> tuple:
+    """A small model of ``model_type`` with synthetic weights (every layer matters) and tiny's tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from editloop.models.synth import init_weights
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        **fields,
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    init_weights(model, seed=0)
+    return model, tokenizer
+
+
+def _gguf_value(path: Path, key: str):
+    import gguf
+
+    field = gguf.GGUFReader(path).get_field(key)
+    return None if field is None else field.parts[field.data[0]][0]
+
+
+def test_starcoder2_exports_with_layer_norm_biases_and_its_window_as_context(
+    tiny_hf_dir: Path, tmp_path: Path
+) -> None:
+    model, tokenizer = _small(
+        tiny_hf_dir,
+        "starcoder2",
+        num_key_value_heads=2,
+        use_bias=True,
+        norm_epsilon=1e-5,
+        sliding_window=256,
+        hidden_act="gelu_pytorch_tanh",
+    )
+    exported, checks = export_verified(model, tokenizer, tmp_path, quants=("f16", "q8_0"))
+    assert exported.arch == "starcoder2"
+    assert checks["greedy"]["token_agreement"]["f16"] == 1.0
+    # llama.cpp's StarCoder2 has no sliding window: the GGUF promises no more context than the window.
+    assert _gguf_value(exported.files["f16"], "starcoder2.context_length") == 256
+    assert _gguf_value(exported.files["f16"], "starcoder2.attention.layer_norm_epsilon") == pytest.approx(
+        1e-5
+    )
+
+
+def test_linear_rope_scaling_is_exported_and_checked(tiny_hf_dir: Path, tmp_path: Path) -> None:
+    # DeepSeek-Coder's: llama, rope base 1e5 scaled linearly by 4.
+    model, tokenizer = _small(
+        tiny_hf_dir,
+        "llama",
+        num_key_value_heads=4,
+        rope_theta=1e5,
+        rope_scaling={"type": "linear", "factor": 4.0},
+    )
+    (tmp_path / "ok").mkdir()
+    exported, checks = export_verified(model, tokenizer, tmp_path / "ok", quants=("f16",))
+    assert checks["greedy"]["token_agreement"]["f16"] == 1.0
+    f16 = exported.files["f16"]
+    assert _gguf_value(f16, "llama.rope.scaling.factor") == pytest.approx(4.0)
+    assert _gguf_value(f16, "llama.rope.freq_base") == pytest.approx(1e5)
+    model.config.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e5}
+    with pytest.raises(ExportError, match="cannot export rope scaling 'yarn'"):
+        export_verified(model, tokenizer, tmp_path / "yarn", quants=("f16",))
+
+
+def test_rope_base_is_read_from_transformers_5_rope_parameters(tiny_hf_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = _small(tiny_hf_dir, "qwen2", num_key_value_heads=2, rope_theta=1e6)
+    assert not hasattr(model.config, "rope_theta")  # transformers 5 moved it into rope_parameters
+    exported, _ = export_verified(model, tokenizer, tmp_path, quants=("f16",))
+    assert _gguf_value(exported.files["f16"], "qwen2.rope.freq_base") == pytest.approx(1e6)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import http.server
+import json
 import socket
 import subprocess
 import sys
@@ -231,3 +232,64 @@ def test_tokenizer_path_must_exist(tiny_version: ModelVersion) -> None:
     missing = Path("/nonexistent/tokenizer.json")
     with pytest.raises(ModelError, match="tokenizer"):
         RemoteBackend("http://x", "m", missing, tiny_version.manifest.fim, "v", 256)
+
+
+@contextmanager
+def vllm_like_proxy(upstream: str) -> Iterator[tuple[str, list[dict]]]:
+    """Forwards to the real llama.cpp server, records each request body, and answers a body that
+    carries ``suffix`` the way vLLM's /v1/completions does: 400, "suffix is not currently supported"."""
+    bodies: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.loads(raw)
+            bodies.append(body)
+            if "suffix" in body:
+                status, reply = 400, json.dumps({"error": {"message": "suffix is not currently supported"}})
+                data = reply.encode()
+            else:
+                headers = {"Content-Type": "application/json"}
+                forwarded = httpx.post(upstream + self.path, content=raw, headers=headers, timeout=60)
+                status, data = forwarded.status_code, forwarded.content
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_fim_prompt_is_built_here_and_suffix_is_never_sent(
+    server_url: str, tiny_version: ModelVersion
+) -> None:
+    from editloop.completion.types import CompletionRequest
+    from editloop.eval.engine import engine_for
+
+    fim = tiny_version.manifest.fim
+    with vllm_like_proxy(server_url) as (url, bodies):
+        backend = remote_for(url, tiny_version)
+        try:
+            params = GenerationParams(n=3, max_tokens=8, temperature=1.0, seed=2)
+            result = backend.generate(fim_prompt(backend, PREFIX, SUFFIX), params)
+            engine_result = engine_for(backend).complete(
+                CompletionRequest(prefix=PREFIX, suffix=SUFFIX, n=2, mode="block", max_tokens=8)
+            )
+        finally:
+            backend.close()
+    assert len(result.generations) == 3 and engine_result.model_version == tiny_version.name
+    assert len(bodies) >= 3  # greedy and sampled requests, from the backend and through the engine
+    assert all("suffix" not in body for body in bodies)
+    # The sentinels are in the prompt text, in the model's own order, around the real prefix and suffix.
+    assert {body["prompt"] for body in bodies} == {fim.format(PREFIX, SUFFIX)}

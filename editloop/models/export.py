@@ -33,12 +33,18 @@ QWEN2_PRETOKENIZER_REGEX = (
 class ArchSpec:
     gguf_name: str
     permute_qk: bool  # llama.cpp's llama arch wants q/k rows in its interleaved rope layout
+    layer_norm: bool = False  # LayerNorm with biases (eps in ``norm_epsilon``), else RMSNorm
 
 
 ARCHS = {
     "LlamaForCausalLM": ArchSpec("llama", permute_qk=True),
     "Qwen2ForCausalLM": ArchSpec("qwen2", permute_qk=False),
+    # StarCoder2: LayerNorm + biases everywhere, a GELU MLP (c_fc, c_proj), sliding-window attention.
+    "Starcoder2ForCausalLM": ArchSpec("starcoder2", permute_qk=False, layer_norm=True),
 }
+# Rope variants llama.cpp applies from GGUF metadata alone; others (yarn, llama3, dynamic) are refused
+# rather than exported with a rope the model was not trained with.
+ROPE_SCALINGS = ("default", "linear")
 
 
 @dataclass
@@ -46,7 +52,10 @@ class ExportResult:
     files: dict[str, Path]  # quant name → GGUF path
     arch: str
     fim: FimTemplate
-    skipped: dict[str, str] = field(default_factory=dict)  # quant name → why it was not written
+    # quant name → tensors llama.cpp stored in another type than the quant's own, by type: K-quants
+    # need rows of 256 values, and llama.cpp's quantize falls back per tensor (q4_K → q5_0, q6_K →
+    # q8_0, f16 where even 32 does not divide) for narrower rows, e.g. all of Qwen2.5-0.5B's 896.
+    fallbacks: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def load_hf(
@@ -78,6 +87,14 @@ def load_hf(
                         scaling[name] *= adapter_scale
         model = peft.merge_and_unload()
     return model.eval(), tokenizer
+
+
+def checkpoint_dtype(hf_dir: Path) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in (its config's), fp32 when it does not say."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name), None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def write_gguf(
@@ -117,12 +134,21 @@ def quantize(src: Path, dst: Path, quant: str, threads: int) -> None:
         raise ExportError(f"llama.cpp failed to quantize {src.name} to {quant} (status {status})")
 
 
-def k_quant_blocker(model: PreTrainedModel) -> str | None:
-    """Why K-quants cannot apply (a weight row not a multiple of 256), or None."""
-    for name, tensor in model.state_dict().items():
-        if tensor.ndim == 2 and tensor.shape[1] % K_QUANT_BLOCK:
-            return f"{name} rows have {tensor.shape[1]} values, not a multiple of {K_QUANT_BLOCK}"
-    return None
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many of a GGUF's matrices are stored in each type (norms and biases stay f32)."""
+    import gguf
+
+    counts: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(path).tensors:
+        if len(tensor.shape) == 2:
+            name = tensor.tensor_type.name.lower()
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def k_quant_fallbacks(model: PreTrainedModel) -> int:
+    """Matrices whose rows are not a multiple of 256 values: K-quants fall back on these."""
+    return sum(t.ndim == 2 and t.shape[1] % K_QUANT_BLOCK != 0 for t in model.state_dict().values())
 
 
 def export_gguf(
@@ -141,13 +167,11 @@ def export_gguf(
             continue
         if quant not in QUANT_FTYPES:
             raise ExportError(f"unknown quantization {quant!r}; choose from f16, {', '.join(QUANT_FTYPES)}")
-        blocker = k_quant_blocker(model) if quant.startswith("q4_k") else None
-        if blocker:
-            result.skipped[quant] = blocker
-            continue
         dst = out_dir / f"model-{quant}.gguf"
         quantize(f16, dst, quant, threads)
         result.files[quant] = dst
+        if quant.startswith("q4_k") and k_quant_fallbacks(model):
+            result.fallbacks[quant] = tensor_types(dst)
     if "f16" not in quants:
         f16.unlink()
         del result.files["f16"]
@@ -241,24 +265,53 @@ def _write_hparams(writer, config, spec: ArchSpec) -> None:
     import gguf
 
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    writer.add_context_length(config.max_position_embeddings)
+    writer.add_context_length(context_length(config))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    theta, scaling, factor = rope_settings(config)
+    writer.add_rope_freq_base(theta)
+    if scaling == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(factor)
+    if spec.layer_norm:
+        writer.add_layer_norm_eps(config.norm_epsilon)
+    else:
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+
+
+def context_length(config) -> int:
+    """The context the GGUF declares. A sliding-window model's is capped at its window: llama.cpp's
+    StarCoder2 attends to the whole context, which equals the model's windowed attention only up to
+    the window (4096 tokens for StarCoder2), and servers size their context from this value."""
+    window = getattr(config, "sliding_window", None)
+    windowed = config.model_type == "starcoder2" and window
+    return min(config.max_position_embeddings, window) if windowed else config.max_position_embeddings
+
+
+def rope_settings(config) -> tuple[float, str, float]:
+    """(base frequency, scaling type, factor), from transformers 5's ``rope_parameters`` or the
+    older ``rope_theta``/``rope_scaling`` (read wrongly, a retrained Qwen2.5 exported with base 10000)."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    legacy = getattr(config, "rope_scaling", None) or {}
+    theta = params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
+    scaling = params.get("rope_type") or legacy.get("rope_type") or legacy.get("type") or "default"
+    if scaling not in ROPE_SCALINGS:
+        supported = ", ".join(ROPE_SCALINGS)
+        raise ExportError(f"cannot export rope scaling {scaling!r}; editloop exports: {supported}")
+    return float(theta), scaling, float(params.get("factor") or legacy.get("factor") or 1.0)
 
 
 def _write_tensors(writer, model: PreTrainedModel, spec: ArchSpec) -> None:
     import gguf
 
     config = model.config
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[spec.gguf_name]
+    arch = gguf.MODEL_ARCH[spec.gguf_name.upper()]
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     for hf_name, tensor in model.state_dict().items():
         if hf_name == "lm_head.weight" and config.tie_word_embeddings:

@@ -11,6 +11,7 @@ check is there to catch layout, rope, tokenizer and metadata mistakes.
 """
 
 import hashlib
+import inspect
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,12 @@ EDGE_CASES = [
 class ParityInputs:
     snippets: list[str]
     fim_prompts: list[tuple[str, str]]  # (prefix, suffix)
+    max_prompt_tokens: int = 512  # each FIM prompt is cut to this (or the model's context)
 
 
-def default_inputs(n_snippets: int = 50, n_prompts: int = 20, seed: int = 0) -> ParityInputs:
+def default_inputs(
+    n_snippets: int = 50, n_prompts: int = 20, seed: int = 0, max_prompt_tokens: int = 512
+) -> ParityInputs:
     """Edge cases plus windows of standard-library files, chosen deterministically."""
     root = Path(sysconfig.get_paths()["stdlib"])
     paths = sorted(p for p in root.glob("*.py") if p.stat().st_size > 2000)
@@ -77,7 +81,7 @@ def default_inputs(n_snippets: int = 50, n_prompts: int = 20, seed: int = 0) -> 
     for window in windows[-n_prompts:]:
         cut = int(rng.integers(len(window) // 3, 2 * len(window) // 3))
         prompts.append((window[:cut], window[cut:][len(window) // 4 :]))
-    return ParityInputs(snippets, prompts)
+    return ParityInputs(snippets, prompts, max_prompt_tokens)
 
 
 def verify_export(
@@ -101,11 +105,9 @@ def verify_export(
     # model is served in: the order moves what the answer attends to, and q/k left in HF's rope
     # layout changed none of the tiny starter's greedy tokens on suffix-first prompts while
     # prefix-first ones caught it. Quantized files are judged on the prompts as served.
+    limit = min(model.config.max_position_embeddings, inputs.max_prompt_tokens)
     served, flipped = (
-        [
-            _prompt_ids(tokenizer, template, p, s, model.config.max_position_embeddings, spm)
-            for p, s in inputs.fim_prompts
-        ]
+        [_prompt_ids(tokenizer, template, p, s, limit, spm) for p, s in inputs.fim_prompts]
         for spm in (template.spm, not template.spm)
     )
     prompts = served + flipped
@@ -155,36 +157,56 @@ def _prompt_ids(
     template: FimTemplate,
     prefix: str,
     suffix: str,
-    max_positions: int,
+    limit: int,
     spm: bool,
 ) -> list[int]:
     pre = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     suf = tokenizer(suffix, add_special_tokens=False)["input_ids"]
     ids = tokenizer.convert_tokens_to_ids([template.prefix, template.suffix, template.middle])
-    return fim_token_ids(pre, suf, tuple(ids), min(max_positions, 512) - NEW_TOKENS - 3, spm)
+    return fim_token_ids(pre, suf, tuple(ids), limit - NEW_TOKENS - 3, spm)
 
 
 @torch.no_grad()
 def _hf_greedy(model: PreTrainedModel, prompts: list[list[int]]) -> tuple[list[list[int]], list[list[bool]]]:
     """Greedy continuations and, per position, whether HF's choice is clear (not a near-tie)."""
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
-    for tensor in model.state_dict().values():
-        if tensor.ndim == 2:
-            tensor.copy_(tensor.half().float())
+    saved = _round_to_f16(model)
+    # transformers 5.2x renamed the forward's cache argument; the model's outputs kept the old name.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     try:
         outputs, decided = [], []
         for ids in prompts:
-            seq, clear = list(ids), []
+            seq, clear, past = list(ids), [], None
+            step = torch.tensor([ids])
             for _ in range(NEW_TOKENS):  # plain loop: no EOS stop, every position is compared
-                logits = model(input_ids=torch.tensor([seq])).logits[0, -1]
+                out = model(input_ids=step, use_cache=True, logits_to_keep=1, **{cache_arg: past})
+                logits, past = out.logits[0, -1], out.past_key_values
                 top = torch.topk(logits.float(), 2).values
                 clear.append(bool(top[0] - top[1] >= TIE_MARGIN))
                 seq.append(int(logits.argmax()))
+                step = torch.tensor([[seq[-1]]])
             outputs.append(seq[len(ids) :])
             decided.append(clear)
         return outputs, decided
     finally:
-        model.load_state_dict(saved)
+        for name, tensor in saved.items():
+            model.get_parameter(name).copy_(tensor)
+
+
+def _round_to_f16(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """Round the model's matrices to f16 in place; the originals of those it changed.
+
+    Only changed ones are kept, so a checkpoint whose weights f16 already holds exactly (bf16
+    weights in f16's range, as synthetic ones are) costs no second copy of the model.
+    """
+    saved = {}
+    for name, tensor in model.named_parameters():
+        if tensor.ndim != 2:
+            continue
+        rounded = tensor.detach().half().float()
+        if not torch.equal(rounded, tensor):
+            saved[name] = tensor.detach().clone()
+            tensor.data.copy_(rounded)
+    return saved
 
 
 def _agreement(
@@ -194,19 +216,28 @@ def _agreement(
     decided: list[list[bool]] | None,
     threads: int,
 ) -> float:
-    """Share of positions where llama.cpp's argmax is HF's (only the ``decided`` ones, if given)."""
+    """Share of positions where llama.cpp's argmax is HF's (only the ``decided`` ones, if given).
+
+    Teacher-forced one token at a time after the prompt, so llama.cpp computes logits for the
+    compared positions only (all positions' logits over a 151k vocabulary cost more than the model).
+    """
+    import llama_cpp
     from llama_cpp import Llama
 
     n_ctx = max(len(p) + len(c) for p, c in zip(prompts, continuations, strict=True)) + 8
-    llm = Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_threads=threads, verbose=False)
+    llm = Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, verbose=False)
+    n_vocab = llm.n_vocab()
     try:
         agree = total = 0
         for i, (prompt, cont) in enumerate(zip(prompts, continuations, strict=True)):
             llm.reset()
-            llm.eval(prompt + cont[:-1])
-            predicted = llm.scores[len(prompt) - 1 : len(prompt) - 1 + len(cont)].argmax(axis=1)
+            predicted = []
+            for tokens in [prompt, *([t] for t in cont[:-1])]:
+                llm.eval(tokens)
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+                predicted.append(int(logits.argmax()))
             counted = np.array(decided[i]) if decided is not None else np.ones(len(cont), dtype=bool)
-            agree += int(((predicted == np.array(cont)) & counted).sum())
+            agree += int(((np.array(predicted) == np.array(cont)) & counted).sum())
             total += int(counted.sum())
         return agree / total if total else 1.0
     finally:

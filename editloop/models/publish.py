@@ -12,9 +12,10 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editloop.models.export import ExportResult, export_gguf, load_hf
-from editloop.models.parity import default_inputs, verify_export
+from editloop.models.export import ExportResult, checkpoint_dtype, export_gguf, load_hf
+from editloop.models.parity import ParityInputs, default_inputs, verify_export
 from editloop.models.registry import ModelVersion, Registry
+from editloop.models.synth import is_synthetic
 from editloop.settings import Settings
 
 DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -26,11 +27,13 @@ def export_verified(
     out_dir: Path,
     quants: tuple[str, ...] = DEFAULT_QUANTS,
     threads: int = 2,
+    inputs: ParityInputs | None = None,
 ) -> tuple[ExportResult, dict]:
     """GGUF files in ``out_dir`` and the figures of their verification (raises if it fails)."""
     exported = export_gguf(model, tokenizer, out_dir, quants, threads)
-    checks = verify_export(model, tokenizer, exported.fim, exported.files, default_inputs(), threads)
-    checks["skipped_quants"] = exported.skipped
+    inputs = inputs or default_inputs()
+    checks = verify_export(model, tokenizer, exported.fim, exported.files, inputs, threads)
+    checks["quant_fallbacks"] = exported.fallbacks
     return exported, checks
 
 
@@ -45,6 +48,8 @@ def publish_checkpoint(
     kind: str = "export",
     training_data: dict | None = None,
     metrics: dict | None = None,
+    quants: tuple[str, ...] = DEFAULT_QUANTS,
+    inputs: ParityInputs | None = None,
 ) -> ModelVersion:
     """A new version holding the checkpoint (merged with its adapter) and its verified GGUF files.
 
@@ -53,7 +58,7 @@ def publish_checkpoint(
     registry = Registry(settings.models_dir)
     if parent is not None:
         registry.get(parent)  # fail before the slow part if the parent is unknown
-    with stage_checkpoint(registry, hf_dir, adapter_dir, threads=threads) as staged:
+    with stage_checkpoint(registry, hf_dir, adapter_dir, quants, threads, inputs) as staged:
         version = staged.publish(
             kind=kind,
             parent=parent,
@@ -78,6 +83,7 @@ class StagedCheckpoint:
     exported: ExportResult
     checks: dict
     has_adapter: bool
+    synthetic: bool  # random weights of a real shape (``editloop models synth``), or trained from them
 
     def publish(
         self,
@@ -102,6 +108,7 @@ class StagedCheckpoint:
             metrics=metrics,
             checks=self.checks,
             abstain_thresholds=abstain_thresholds,
+            synthetic=self.synthetic,
         )
 
 
@@ -113,14 +120,20 @@ def stage_checkpoint(
     quants: tuple[str, ...] = DEFAULT_QUANTS,
     threads: int = 2,
     adapter_scale: float = 1.0,
+    inputs: ParityInputs | None = None,
 ) -> Iterator[StagedCheckpoint]:
     """Merge (``adapter_scale`` of the adapter's update), export and verify into staging; the
     staging is discarded unless published inside."""
     model, tokenizer = load_hf(hf_dir, adapter_dir, adapter_scale=adapter_scale)
     with registry.stage() as staging:
-        exported, checks = export_verified(model, tokenizer, staging, quants, threads)
+        exported, checks = export_verified(model, tokenizer, staging, quants, threads, inputs)
+        if adapter_dir is None:
+            # Unchanged weights keep the checkpoint's own dtype (a bf16 1.5B stays 3 GB, not 6); a
+            # merged adapter stays fp32, where its small deltas are not rounded away.
+            model.to(checkpoint_dtype(hf_dir))
         model.save_pretrained(staging / "hf", safe_serialization=True)
         tokenizer.save_pretrained(staging / "hf")
         if adapter_dir is not None:
             shutil.copytree(adapter_dir, staging / "adapter")
-        yield StagedCheckpoint(registry, staging, exported, checks, adapter_dir is not None)
+        synthetic = is_synthetic(model.config)
+        yield StagedCheckpoint(registry, staging, exported, checks, adapter_dir is not None, synthetic)

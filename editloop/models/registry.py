@@ -42,7 +42,7 @@ from editloop.errors import CorruptVersionError, ModelError, RegistryError, Unkn
 from editloop.filelock import file_lock
 from editloop.models.fim import SPM_GGUF_KEY, FimTemplate, detect_template
 
-KINDS = ("starter", "import", "export", "retrain")
+KINDS = ("starter", "import", "export", "retrain", "synthetic")
 MANIFEST = "manifest.json"
 CURRENT_ALIAS = "current"
 # Preferred when a caller asks for "the" GGUF: q8_0 is near-lossless at half the size of f16.
@@ -71,6 +71,9 @@ class Manifest(BaseModel):
     # Per ranker ("value", "logprob"): show a completion only when its score reaches this; chosen
     # on held-out feedback by the cycle that made the version (absent: the server's default).
     abstain_thresholds: dict[str, float] = {}
+    # Random weights in a real model's shape (`editloop models synth`), or trained from such weights:
+    # for measuring cost, never for serving anyone.
+    synthetic: bool = False
     files: dict[str, str]
 
 
@@ -176,6 +179,7 @@ class Registry:
         metrics: dict | None = None,
         checks: dict | None = None,
         abstain_thresholds: dict[str, float] | None = None,
+        synthetic: bool = False,
     ) -> ModelVersion:
         """Hash and fsync the staged files, then move them into ``versions/`` as the next version.
 
@@ -196,6 +200,7 @@ class Registry:
             metrics=metrics or {},
             checks=checks or {},
             abstain_thresholds=abstain_thresholds or {},
+            synthetic=synthetic,
             files=_hash_and_sync_tree(staging),
         )
         with self._locked():

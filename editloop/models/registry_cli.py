@@ -71,7 +71,7 @@ def _summary(version: ModelVersion, current: str | None) -> list[str]:
     return [
         mark,
         version.name,
-        m.kind,
+        m.kind if not m.synthetic or m.kind == "synthetic" else f"{m.kind} (synthetic)",
         created,
         m.parent or "",
         m.arch or "",
@@ -95,7 +95,17 @@ def show(
     for key in ("current", "path", "gguf", "hf_dir", "tokenizer"):
         table.add_row(key, _text(described[key]))
     manifest = described["manifest"]
-    for key in ("kind", "created_at", "parent", "arch", "fim", "training_data", "metrics", "checks"):
+    for key in (
+        "kind",
+        "synthetic",
+        "created_at",
+        "parent",
+        "arch",
+        "fim",
+        "training_data",
+        "metrics",
+        "checks",
+    ):
         table.add_row(key, _text(manifest[key]))
     table.add_row("files", f"{len(manifest['files'])} (sha256 in manifest.json)")
     Console().print(table)

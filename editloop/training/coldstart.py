@@ -28,8 +28,9 @@ from editloop.corpus import SourceFile, heldout_bucket, read_files
 from editloop.errors import ModelError, TrainingDataError
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings
+from editloop.training.launch import launch_for, run_sft_stage
 from editloop.training.prompts import FimExample
-from editloop.training.sft import SftConfig, SftReport, completion_loss, run_sft
+from editloop.training.sft import SftConfig, SftReport, completion_loss
 
 KINDS = ("body", "statement", "expression", "arguments")
 FUNCTIONS = {"function_definition", "function_item", "method_declaration", "constructor_declaration"}
@@ -238,7 +239,7 @@ def cold_start(
     console.print(f"cold start: {len(files)} files, {len(train)} train and {len(heldout)} held-out samples")
     run_dir = settings.runs_dir / f"coldstart-{time.strftime('%Y%m%d-%H%M%S')}"
     loss_before = _heldout_loss(base_dir, heldout, options.sft, None)
-    sft = run_sft(base_dir, train, run_dir / "sft", options.sft, console=console)
+    sft = run_sft_stage(launch_for(settings), base_dir, train, run_dir / "sft", options.sft, console=console)
     loss_after = _heldout_loss(base_dir, heldout, options.sft, sft.adapter_dir)
     report = ColdStartReport(
         base_version=version.name,

@@ -30,10 +30,13 @@ from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings
 from editloop.training.dataset import Dataset, DatasetConfig, FeedbackArchive, build_dataset
 from editloop.training.gate import GateConfig, gate_samples, score
+from editloop.training.grpo_effect import effect_of
+from editloop.training.launch import Launch, launch_for, run_grpo_stage, run_sft_stage
 from editloop.training.selection import Checkpoint, Trajectory, WarmStarts, refusal, walk, warm_start
 from editloop.training.value import calibrate_threshold, evaluate, logprob_scores, train_value_model
 
 log = logging.getLogger(__name__)
+GRPO_LABEL = "grpo"  # the trajectory's point after GRPO; the point before it is SFT's last
 
 STAGES = ("snapshot", "dataset", "sft", "grpo", "value", "gate", "export", "publish")
 
@@ -81,6 +84,9 @@ class CycleConfig:
     )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank for SFT and GRPO."})
     device: str = field(default=_setting("device"), metadata={"help": "cpu, cuda or auto."})
+    launch: Launch = field(
+        default_factory=Launch, metadata={"help": "Processes SFT and GRPO train in (DDP when more than one)."}
+    )
     gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "When a candidate is published."})
     dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"help": "Targets and split."})
     general_mix: float = field(
@@ -124,6 +130,7 @@ class CycleConfig:
             **{name: getattr(settings, setting) for name, setting in FROM_SETTINGS.items()},
             general_checks=settings.retrain_general_samples > 0 or settings.retrain_humaneval_tasks > 0,
             gate=GateConfig(general_tolerance=settings.retrain_general_tolerance),
+            launch=launch_for(settings),
             force=force,
         )
 
@@ -254,10 +261,10 @@ class Cycle:
     def _train(self, current: ModelVersion, data: Dataset) -> tuple[list[Checkpoint], dict]:
         """SFT (then GRPO) from the current version, or from a refused cycle's warm start; every
         point of the path the gate may choose from."""
-        from editloop.training.grpo import GrpoConfig, run_grpo
+        from editloop.training.grpo import GrpoConfig
         from editloop.training.rewards.combined import CombinedReward
         from editloop.training.runtime import LoraSettings
-        from editloop.training.sft import SftConfig, run_sft
+        from editloop.training.sft import SftConfig
 
         base = current.hf_path()
         assert base is not None
@@ -268,7 +275,8 @@ class Cycle:
         reports: dict = {"warm_start": warm.label if warm else None}
         start = f", continuing {warm.label} of a refused cycle" if warm else ""
         self._enter("sft", f"SFT on {len(rows)} feedback samples + {len(rehearsal)} general-code rows{start}")
-        sft = run_sft(
+        sft = run_sft_stage(
+            self.config.launch,
             base,
             rows + rehearsal,
             self.dir / "sft",
@@ -290,7 +298,8 @@ class Cycle:
         points.append(Checkpoint(f"sft {sft.steps}/{sft.steps}", sft.adapter_dir, sft.steps))
         if self.config.grpo_steps > 0:
             self._enter("grpo", f"GRPO on {len(rows)} prompts")
-            grpo = run_grpo(
+            grpo = run_grpo_stage(
+                self.config.launch,
                 base,
                 rows,
                 [CombinedReward(execution=False)],
@@ -305,7 +314,7 @@ class Cycle:
                 adapter_dir=sft.adapter_dir,
             )
             reports["grpo"] = grpo.to_dict()
-            points.append(Checkpoint("grpo", grpo.adapter_dir, sft.steps + grpo.steps))
+            points.append(Checkpoint(GRPO_LABEL, grpo.adapter_dir, sft.steps + grpo.steps))
         points += [points[-1].blended(scale) for scale in self.config.blends]
         return points, reports
 
@@ -325,6 +334,7 @@ class Cycle:
         self._enter("gate", f"scoring {len(checkpoints)} checkpoints against {current.name}")
         path = self._walk(current, base, data, checkpoints, value_model, thresholds)
         self.state.reports["trajectory"] = path.points
+        self._report_grpo_effect(checkpoints, path)
         index = path.chosen if path.chosen is not None or not self.config.force else path.best_effort
         if index is None:
             kept = warm_start(path, checkpoints)
@@ -394,6 +404,14 @@ class Cycle:
             thresholds=thresholds,
             threads=threads,
         )
+
+    def _report_grpo_effect(self, checkpoints: list[Checkpoint], path: Trajectory) -> None:
+        """What GRPO changed: its point against the SFT point it started from, scored as the gate scores."""
+        at = next((i for i, c in enumerate(checkpoints) if c.label == GRPO_LABEL), None)
+        if at is not None and at > 0 and "grpo" in self.state.reports:
+            self.state.reports["grpo"]["effect"] = effect_of(
+                path.scores[at - 1], path.scores[at], self.config.gate
+            )
 
     def _release(self, name: str) -> str:
         """Make the published version current, or start it as a canary; says which."""

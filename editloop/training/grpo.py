@@ -70,6 +70,11 @@ class GrpoConfig(AdapterRunConfig):
     )
     seed: int = field(default=0, metadata={"help": "Seed for prompt order and sampling."})
 
+    @property
+    def global_batch(self) -> int:
+        """Completions per optimizer step: every prompt's whole group."""
+        return self.prompts_per_step * self.num_generations
+
 
 @dataclass
 class GrpoReport(RunReport):
@@ -172,7 +177,7 @@ def _trl_config(config: GrpoConfig, out_dir: Path, device: str, use_vllm: bool) 
         max_steps=config.max_steps,
         learning_rate=config.learning_rate,
         lr_scheduler_type="constant",
-        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        per_device_train_batch_size=config.per_process(config.global_batch),
         num_generations=config.num_generations,
         max_completion_length=config.max_new_tokens,
         temperature=config.temperature,

@@ -56,6 +56,8 @@ class StepMetrics(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self._started = time.perf_counter()
+        if not state.is_world_process_zero:
+            return  # under `accelerate launch` every rank trains; the first one reports
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         if self.tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -80,6 +82,8 @@ class StepMetrics(TrainerCallback):
         logs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if not state.is_world_process_zero:
+            return
         numbers = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
         row = {"phase": self.phase, "step": state.global_step, "time_s": self._elapsed(), **numbers}
         self.rows.append(row)

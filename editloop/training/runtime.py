@@ -23,7 +23,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from editloop.errors import ModelError
+from editloop.errors import ModelError, TrainingDataError
 from editloop.models.export import load_hf
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -67,6 +67,22 @@ class AdapterRunConfig:
         default=False, metadata={"help": "Recompute activations to save memory (large models on a GPU)."}
     )
     tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard scalars."})
+    processes: int = field(
+        default=1,
+        metadata={
+            "help": "Processes the step's batch is split across (set by editloop.training.launch): "
+            "the global batch, and so the result, does not depend on how many there are."
+        },
+    )
+
+    def per_process(self, batch: int) -> int:
+        """Each process's share of a global batch of ``batch`` rows."""
+        if batch % self.processes:
+            raise TrainingDataError(
+                f"a batch of {batch} rows does not split across {self.processes} training processes; "
+                "choose a process count that divides it"
+            )
+        return batch // self.processes
 
 
 class RunReport:

@@ -52,6 +52,7 @@ class Trajectory:
 
     points: list[dict] = field(default_factory=list)
     reports: list[GateReport] = field(default_factory=list)
+    scores: list[Scores] = field(default_factory=list)  # each point's own, for comparisons between points
     chosen: int | None = None
 
     @property
@@ -105,6 +106,7 @@ def walk(
             served.close()
             shutil.rmtree(where, ignore_errors=True)
         report = judge(current, scores, config)
+        path.scores.append(scores)
         path.reports.append(report)
         path.points.append(_point(checkpoint, report, time.monotonic() - started))
         log.info("checkpoint %s: %s", checkpoint.label, path.points[-1]["summary"])

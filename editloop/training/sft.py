@@ -37,7 +37,7 @@ from editloop.training.runtime import (
 class SftConfig(AdapterRunConfig):
     max_steps: int = field(default=100, metadata={"help": "Optimizer steps (fewer if max_minutes runs out)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (LoRA: ~1e-4)."})
-    batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step (per device)."})
+    batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step (across all processes)."})
     gradient_accumulation: int = field(default=1, metadata={"help": "Batches summed into one step."})
     max_new_tokens: int = field(
         default=64,
@@ -50,6 +50,10 @@ class SftConfig(AdapterRunConfig):
     snapshot_every: int = field(
         default=0, metadata={"help": "Also save the adapter every this many steps (0: only at the end)."}
     )
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size
 
 
 @dataclass
@@ -146,7 +150,7 @@ def _trl_config(config: SftConfig, out_dir: Path, device: str) -> Any:
     return TrlSftConfig(
         output_dir=str(out_dir / "trainer"),
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=config.per_process(config.global_batch),
         gradient_accumulation_steps=config.gradient_accumulation,
         learning_rate=config.learning_rate,
         lr_scheduler_type="constant",
