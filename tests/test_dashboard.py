@@ -105,7 +105,7 @@ def cycles_in_redis(app) -> list[dict]:
             progress=1.0,
             parent="v2",
             message="gate: edit_similarity fell",
-            reports={"gate": failed.to_dict()},
+            reports={"gate": failed.to_dict(), "trajectory": TRAJECTORY, "warm_start": None},
         ),
     ]
     for state in states:
@@ -115,6 +115,22 @@ def cycles_in_redis(app) -> list[dict]:
     client.set(control.LOCK, f"{socket.gethostname()}:{os.getpid()}:dashboard-test", ex=600)
     control.publish_state(client, running.to_dict())
     return [s.to_dict() for s in (*states, running)]
+
+
+def _point(label: str, delta: float, drop: float) -> dict:
+    gain = {"delta": delta, "low": delta - 0.01, "high": delta + 0.01}
+    summary = f"held-out {delta:+.4f}, worst general drop {drop:+.4f} (lines)"
+    return {
+        "label": label,
+        "passed": False,
+        "chosen": False,
+        "heldout_gain": gain,
+        "general_drop": {"lines": drop},
+        "summary": summary,
+    }
+
+
+TRAJECTORY = [_point("sft 30/60", 0.012, 0.031), _point("sft 60/60", 0.020, 0.047)]
 
 
 def wait_for_figures(http: httpx.Client, total: int) -> dict:
@@ -166,6 +182,9 @@ def test_data_matches_what_was_served_and_posted(served) -> None:
     assert got["cycle"]["cycle_id"] == "cycle-running" and got["cycle"]["stage"] == "sft"
     assert [c["cycle_id"] for c in got["history"]] == ["cycle-rejected", "cycle-published"]
     assert got["history"][1]["reports"]["gate"] == cycles[0]["reports"]["gate"]
+    # The rejected cycle is the refused streak, with each checkpoint it tried.
+    assert got["refused"]["streak"] == 1 and got["refused"]["last"]["cycle_id"] == "cycle-rejected"
+    assert [t["checkpoint"] for t in got["refused"]["last"]["tried"]] == ["sft 30/60", "sft 60/60"]
 
 
 def test_data_needs_a_token_and_valid_parameters(served) -> None:
@@ -210,6 +229,14 @@ def test_the_page_draws_the_figures_in_chromium_and_rolls_back(served, tmp_path:
         for needle in ("v1", "v2", "cycle-running", "cycle-published", "cycle-rejected", "sft: step 12/60"):
             assert needle in text, needle
         assert "edit_similarity fell" in text
+        assert "none of 2 passed" in text and "refused 1 cycle(s) in a row" in text
+        page.eval(
+            "document.querySelector('tr[data-cycle=cycle-rejected] details.trajectory').open = true; true"
+        )
+        points = page.eval(
+            "document.querySelector('tr[data-cycle=cycle-rejected] details.trajectory').innerText"
+        )
+        assert "sft 30/60" in points and "sft 60/60" in points and "0.047" in points
         assert "token=" not in page.eval("location.href")  # the page moved the tokens to sessionStorage
         for name in ("v1", "v2"):
             row = page.eval(f"document.querySelector('#versions tr[data-version={name}]').innerText")

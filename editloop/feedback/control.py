@@ -248,6 +248,38 @@ def cycle_status(client: redis.Redis, limit: int = 10) -> dict:
         "queued_requests": client.llen(REQUESTS),
         "cycle": cycle,
         "history": history(client, limit),
+        "refused": refusals(history(client, HISTORY_KEEP)),
+    }
+
+
+def refusals(cycles: list[dict]) -> dict:
+    """How many cycles in a row (newest first) the gate refused, and what the last refused one tried.
+
+    Cycles that did not train (skipped for too little feedback, failed) neither extend nor end the
+    streak; a published one ends it.
+    """
+    streak, last = 0, None
+    for cycle in cycles:
+        if cycle.get("status") == "published":
+            break
+        if cycle.get("status") == "rejected":
+            streak += 1
+            last = last or cycle
+    if last is None:
+        return {"streak": 0, "last": None}
+    reports = last.get("reports", {})
+    tried = [
+        {"checkpoint": p.get("label"), "passed": p.get("passed"), "summary": p.get("summary")}
+        for p in reports.get("trajectory", [])
+    ]
+    return {
+        "streak": streak,
+        "last": {
+            "cycle_id": last.get("cycle_id"),
+            "message": last.get("message"),
+            "warm_start": reports.get("warm_start"),
+            "tried": tried,
+        },
     }
 
 

@@ -103,6 +103,7 @@ def status(
         console.print(f"running: {cycle['cycle_id']} — {cycle['stage']} ({cycle['progress']:.0%})")
     elif cycle and cycle.get("status") == "interrupted":
         console.print(f"interrupted: {cycle['cycle_id']} — {cycle['message']}")
+    _print_refusals(console, report["refused"])
     table = Table("cycle", "status", "parent", "version", "message")
     for cycle in report["history"]:
         table.add_row(
@@ -113,6 +114,18 @@ def status(
             cycle["message"][:90],
         )
     console.print(table)
+
+
+def _print_refusals(console: Console, refused: dict) -> None:
+    """The refused streak, and each checkpoint the last refused cycle tried."""
+    last = refused["last"]
+    if not refused["streak"] or last is None:
+        return
+    runs = "cycle" if refused["streak"] == 1 else f"{refused['streak']} cycles in a row"
+    console.print(f"refused: {runs}; the last ({last['cycle_id']}): {last['message']}")
+    for point in last["tried"]:
+        verdict = "passed" if point["passed"] else "refused"
+        console.print(f"  tried {point['checkpoint']}: {verdict}, {point['summary']}")
 
 
 def trainer() -> None:
