@@ -215,7 +215,7 @@ def _free_port(host: str) -> int:
 
 
 def check_tokens(settings: Settings) -> Check:
-    from editloop.server.main import is_loopback
+    from editloop.settings import is_loopback
 
     if is_loopback(settings.host):
         users = f"{len(settings.api_tokens)} user token(s)" if settings.api_tokens else "no tokens needed"

@@ -7,6 +7,7 @@ Environment variables win over the file. Keys are the field names below, e.g.::
     log_level = "debug"
 """
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -387,3 +388,13 @@ def _describe(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown setting {field!r} (remove it; known: {', '.join(Settings.model_fields)})"
     return f"{field}: {err['msg']} ({hint})"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` reaches only this machine: the one bind that needs no tokens."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

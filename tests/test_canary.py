@@ -11,9 +11,10 @@ import pytest
 from benchmarks.canary import republish, run_canary, scrambled
 from editloop.feedback.canary import CanaryRule, decide
 from editloop.models.registry import Registry, in_canary
+from editloop.server.auth import caller_id
 from editloop.settings import load_settings
 from editloop.starter.bootstrap import BootstrapOptions, bootstrap
-from tests.server_fixtures import auth, copy_home, running_server
+from tests.server_fixtures import USER, auth, copy_home, running_server
 
 
 def _arm(seen: int, full: int) -> dict:
@@ -103,7 +104,9 @@ def test_two_replicas_send_a_user_and_document_to_the_same_arm(tiny_settings, ti
             ]
             assert versions[0] == versions[1], body
             served[i] = versions[0]
-            assert versions[0] == (canary if in_canary(f"dev{i % 5}\x00file{i}.py", 0.5) else "v1")
+            # The server scopes a document to its caller (the token's digest) before the arm is drawn.
+            key = f"dev{i % 5}\x00{caller_id(USER)}:file{i}.py"
+            assert versions[0] == (canary if in_canary(key, 0.5) else "v1")
         assert set(served.values()) == {"v1", canary}  # both arms serve
 
 

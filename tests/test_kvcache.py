@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 from editloop.completion.engine import CompletionEngine, EngineConfig
+from editloop.completion.served import load_served
 from editloop.completion.types import CompletionRequest
 from editloop.models.backend import GenerationParams
 from editloop.models.kvcache import Chunk, LruSlots, plan_reuse, staleness
@@ -138,12 +139,16 @@ def test_kv_shift_reuses_the_suffix_after_typing(tiny_version: ModelVersion, col
 
 
 def test_requests_carry_their_file_to_the_backend_cache(tiny_registry: Registry) -> None:
-    models = ModelManager(tiny_registry, lambda v: LlamaBackend.from_version(v, cache_documents=3))
+    models = ModelManager(
+        tiny_registry, lambda v: load_served(v, LlamaBackend.from_version(v, cache_documents=3))
+    )
     assert models.reload()
     engine = CompletionEngine(models, EngineConfig(abstain_threshold=0.0))
     try:
-        with models.lease() as backend:
-            typed_before = len(backend.tokenize(FILE_A)) - 1  # the last token may merge with what follows
+        with models.lease() as served:
+            typed_before = (
+                len(served.backend.tokenize(FILE_A)) - 1
+            )  # the last token may merge with what follows
         engine.complete(CompletionRequest(prefix=FILE_A, suffix=SUFFIX, filepath="a.py", mode="line"))
         other = engine.complete(CompletionRequest(prefix=FILE_B, suffix=SUFFIX, filepath="b.py", mode="line"))
         back = engine.complete(

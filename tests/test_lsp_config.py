@@ -85,10 +85,11 @@ def test_position_encoding_follows_the_client(offered, expected) -> None:
 
 
 def test_every_lsp_setting_is_an_editor_option_with_the_same_rules() -> None:
-    from editloop.lsp.config import SETTINGS
+    from editloop.lsp.config import PROCESS_ONLY, SETTINGS
     from editloop.settings import Settings
 
-    assert {f"lsp_{name}" for name in SETTINGS} == {n for n in Settings.model_fields if n.startswith("lsp_")}
+    lsp_settings = {n for n in Settings.model_fields if n.startswith("lsp_")}
+    assert {f"lsp_{name}" for name in (*SETTINGS, *PROCESS_ONLY)} == lsp_settings
     base = LspConfig.from_settings(load_settings())
     # The rule the settings have (horizons > 0) holds for an editor's options too.
     with pytest.raises(BadRequestError, match="retention"):

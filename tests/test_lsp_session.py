@@ -68,7 +68,8 @@ async def test_a_cancelled_request_stops_its_decode(session) -> None:
         await request
     (decode,) = session.completer.decodes
     await decode
-    assert finish_reasons(decode) == {"cancelled"}
+    # The cancel reached the decode; a candidate that had already ended before it keeps its reason.
+    assert "cancelled" in finish_reasons(decode)
     assert session.inflight == {}
 
 

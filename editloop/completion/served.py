@@ -37,6 +37,7 @@ class ServedModel:
     rankers: dict[str, Ranker]  # by name: "logprob" always, "value" when the version has one
     default: str  # the ranker of requests that name none
     thresholds: dict[str, float] = field(default_factory=dict)  # by ranker name
+    synthetic: bool = False  # random weights of a real shape: it decodes, it cannot write code
 
     @property
     def version(self) -> str:
@@ -78,7 +79,9 @@ def load_served(
     except ModelError as exc:  # e.g. trained by an older editloop on other features
         log.warning("%s: %s; ranking by log-prob", version.name, exc.message)
         model = None
-    return assemble(backend, model, version.manifest.abstain_thresholds, ranker, abstain_threshold)
+    served = assemble(backend, model, version.manifest.abstain_thresholds, ranker, abstain_threshold)
+    served.synthetic = version.manifest.synthetic
+    return served
 
 
 def assemble(
@@ -105,4 +108,4 @@ def assemble(
 
 
 def validate_served(served: ServedModel) -> None:
-    validate_backend(served.backend)
+    validate_backend(served.backend, parses=not served.synthetic)

@@ -33,6 +33,9 @@ SETTINGS = (
     "edit_settle_s",
     "telemetry",
 )
+# `lsp_<name>` settings of the process alone, never an editor option: a client must not lift the
+# bound on the frames it sends.
+PROCESS_ONLY = ("max_message_bytes",)
 
 
 def _safe_user() -> str:

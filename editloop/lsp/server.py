@@ -465,7 +465,7 @@ def serve(settings: Settings, server_url: str | None, token: str | None, tcp: tu
 
 def check_tcp_bind(settings: Settings, host: str) -> None:
     """``editloop serve``'s rule: beyond loopback only with tokens, which clients must then send."""
-    from editloop.server.main import is_loopback
+    from editloop.settings import is_loopback
 
     if not settings.api_tokens and not is_loopback(host):
         raise BadRequestError(

@@ -58,7 +58,7 @@ def publish_checkpoint(
     registry = Registry(settings.models_dir)
     if parent is not None:
         registry.get(parent)  # fail before the slow part if the parent is unknown
-    with stage_checkpoint(registry, hf_dir, adapter_dir, quants, threads, inputs) as staged:
+    with stage_checkpoint(registry, hf_dir, adapter_dir, quants, threads, inputs=inputs) as staged:
         version = staged.publish(
             kind=kind,
             parent=parent,

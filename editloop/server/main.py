@@ -2,7 +2,6 @@
 
 import ctypes
 import ctypes.util
-import ipaddress
 import logging
 import os
 import signal
@@ -16,19 +15,10 @@ from contextlib import contextmanager
 import uvicorn
 
 from editloop.server.app import create_app
-from editloop.settings import Settings
+from editloop.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def effective_host(settings: Settings) -> str:
