@@ -10,9 +10,10 @@ Environment variables win over the file. Keys are the field names below, e.g.::
 import ipaddress
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -369,7 +370,7 @@ def positive_horizons(horizons: list[float]) -> list[float]:
     return sorted(horizons)
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build the settings or raise one :class:`SettingsError` that names each bad field and its fix."""
     try:
         return Settings(**overrides)
@@ -380,7 +381,7 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError(f"cannot read settings: {exc}") from exc
 
 
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     field = ".".join(str(part) for part in err["loc"])
     if not field:  # a rule across fields: its message names the fix
         return str(err["msg"]).removeprefix("Value error, ")

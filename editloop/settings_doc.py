@@ -86,7 +86,7 @@ def _row(name: str, field: FieldInfo) -> str:
 
 def _type(field: FieldInfo) -> str:
     text = _annotation(field.annotation)
-    bounds = [_bound(m) for m in field.metadata if _bound(m)]
+    bounds = [b for b in map(_bound, field.metadata) if b]
     return ", ".join([text, *bounds])
 
 
@@ -99,9 +99,14 @@ def _annotation(annotation: object) -> str:
         return " or ".join(kept) + (" or unset" if type(None) in args else "")
     if origin is list:
         return f"list of {_annotation(args[0])} (JSON)"
-    return {str: "string", int: "integer", float: "number", bool: "true/false", Path: "path"}.get(
-        annotation, str(annotation)
-    )
+    plain: dict[object, str] = {
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "true/false",
+        Path: "path",
+    }
+    return plain.get(annotation, str(annotation))
 
 
 def _bound(meta: object) -> str | None:

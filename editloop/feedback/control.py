@@ -102,7 +102,7 @@ def holder_alive(client: redis.Redis) -> bool:
     """A live process holds the cycle lock: its key exists (a killed holder's lapses within the TTL)
     and, when the holder ran on this machine, its pid still exists (known at once)."""
     holder = client.get(LOCK)
-    return bool(holder) and not _dead_local_holder(holder)
+    return holder is not None and bool(holder) and not _dead_local_holder(holder)
 
 
 def interrupted(state: dict) -> dict:
@@ -233,7 +233,7 @@ def beating(client: redis.Redis, ttl_s: int) -> Iterator[None]:
 def trainer_alive(client: redis.Redis) -> bool:
     """A trainer beat within its TTL, and it is not a process of this machine that has died."""
     holder = client.get(HEARTBEAT)
-    return bool(holder) and not _dead_local_holder(holder)
+    return holder is not None and bool(holder) and not _dead_local_holder(holder)
 
 
 def cycle_status(client: redis.Redis, limit: int = 10) -> dict:

@@ -207,7 +207,7 @@ class EmbeddedRedis:
         """Start (or join) it from the watcher thread, which lives as long as this object is started:
         the redis-server it spawns dies with that thread, never with a short-lived pool thread."""
         self._stop.clear()
-        ready, failure = threading.Event(), []
+        ready, failure = threading.Event(), list[str]()
         self._watcher = threading.Thread(
             target=self._watch, args=(ready, failure), name="editloop-redis-watch", daemon=True
         )

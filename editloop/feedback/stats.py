@@ -51,7 +51,7 @@ from editloop.feedback.events import (
     RetainedEvent,
     event_from_json,
 )
-from editloop.feedback.store import FeedbackStore
+from editloop.feedback.store import FeedbackStore, stream_entries
 
 JOIN_WINDOW_S = 2 * 3600  # outcomes arrive within minutes (retention's last horizon is 10 min)
 PAGE = 1000
@@ -211,6 +211,7 @@ class _Joined:
         if self.accepted and self.retained_2min is not None:
             out.retained_known = 1
             out.chars_retained_2min = round(taken * self.retained_2min)
+        written: int | None
         if self.accepted:
             written = self.final_text if self.final_text is not None else taken
         else:
@@ -284,9 +285,9 @@ class FeedbackStats:
         stream = store.keys.stream(project)
         start = f"({self._last[project]}" if project in self._last else self._start
         read = 0
-        while entries := store.client.xrange(stream, start, "+", count=PAGE):
+        while entries := stream_entries(store.client.xrange(stream, start, "+", count=PAGE)):
             for entry_id, entry in entries:
-                self._entry(project, entry_id, entry.get("e"))
+                self._entry(project, entry_id, (entry or {}).get("e"))
             read += len(entries)
             self._last[project] = entries[-1][0]
             start = f"({entries[-1][0]}"
@@ -352,7 +353,7 @@ class FeedbackStats:
             first_seen = dict(self._first_seen)
             projects = sorted({p for p, _, _ in self.cells})
         step = self._series_step([b for _, b, _ in cells], max_points)
-        totals, by_version, series = Counts(), {}, {}
+        totals, by_version, series = Counts(), dict[str, Counts](), dict[tuple[float, str], Counts]()
         for version, bucket, counts in cells:
             totals.add(counts)
             by_version.setdefault(version, Counts()).add(counts)

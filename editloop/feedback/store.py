@@ -149,6 +149,28 @@ def redis_client(url: str, ca_file: str | None = None) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
+def text(value: bytes | str | None) -> str:
+    """A reply of the client (it decodes responses; the typing of redis-py allows bytes and None)."""
+    return value.decode() if isinstance(value, bytes) else "" if value is None else value
+
+
+def stream_entries(reply: object) -> list[tuple[str, dict[str, str] | None]]:
+    """XRANGE/XAUTOCLAIM/XREADGROUP entries as (id, fields); fields are None for an entry deleted
+    since it was delivered (a claim or a pending read still names it)."""
+    if not isinstance(reply, list):
+        return []
+    return [
+        (text(i), {text(k): text(v) for k, v in f.items()} if f else None) for i, f in reply if i is not None
+    ]
+
+
+def group_entries(reply: object) -> list[tuple[str, str, dict[str, str] | None]]:
+    """XREADGROUP's reply as (stream, id, fields)."""
+    if not isinstance(reply, list):
+        return []
+    return [(text(stream), i, f) for stream, entries in reply for i, f in stream_entries(entries)]
+
+
 def id_at(when: datetime) -> str:
     """The stream id of the first entry at or after ``when`` (ids start with epoch milliseconds)."""
     return f"{int(when.timestamp() * 1000)}-0"
@@ -262,19 +284,22 @@ class FeedbackStore:
     # -- reading ---------------------------------------------------------------------------
 
     def projects(self) -> list[str]:
-        return sorted(self.client.smembers(self.keys.projects))
+        return sorted(text(p) for p in self.client.smembers(self.keys.projects))
 
     def events(self, project: str, since: datetime | None = None, page: int = 1000) -> Iterator[StoredEvent]:
         """Every stored event of ``project`` from ``since`` on, oldest first."""
         start = id_at(since) if since else "-"
         stream = self.keys.stream(project)
-        while entries := self.client.xrange(stream, start, "+", count=page):
+        while entries := stream_entries(self.client.xrange(stream, start, "+", count=page)):
             for entry_id, fields in entries:
-                yield StoredEvent(project, entry_id, event_from_json(fields["e"]))
+                if fields:
+                    yield StoredEvent(project, entry_id, event_from_json(fields["e"]))
             start = f"({entries[-1][0]}"
 
     def dead_letters(self, project: str) -> list[dict]:
-        return [{"id": i, **f} for i, f in self.client.xrange(self.keys.dead(project))]
+        return [
+            {"id": i, **(f or {})} for i, f in stream_entries(self.client.xrange(self.keys.dead(project)))
+        ]
 
     def stats(self) -> dict:
         """Counts by type, stream lengths, consumer groups with their pending, dead letters, drops."""
@@ -419,22 +444,20 @@ class FeedbackConsumer:
     def _own_pending(self, stream: str, count: int) -> list[tuple[str, str, dict | None]]:
         if count <= 0:
             return []
-        reply = self.client.xreadgroup(self.group, self.name, {stream: "0"}, count=count)
-        return [(stream, i, f) for _, entries in reply for i, f in entries]
+        return group_entries(self.client.xreadgroup(self.group, self.name, {stream: "0"}, count=count))
 
     def _claim_idle(self, stream: str, count: int) -> list[tuple[str, str, dict | None]]:
         if count <= 0:
             return []
-        _next, claimed, _deleted = self.client.xautoclaim(
-            stream, self.group, self.name, self.min_idle_ms, "0-0", count=count
-        )
-        return [(stream, i, f) for i, f in claimed if i is not None]
+        reply = self.client.xautoclaim(stream, self.group, self.name, self.min_idle_ms, "0-0", count=count)
+        return [(stream, i, f) for i, f in stream_entries(reply[1])]
 
     def _new(self, streams: dict[str, str], count: int, block_ms: int | None):
-        reply = self.client.xreadgroup(
-            self.group, self.name, dict.fromkeys(streams, ">"), count=count, block=block_ms
+        return group_entries(
+            self.client.xreadgroup(
+                self.group, self.name, dict.fromkeys(streams, ">"), count=count, block=block_ms
+            )
         )
-        return [(stream, i, f) for stream, entries in reply or [] for i, f in entries]
 
     def _screen(self, entries, streams: dict[str, str]) -> list[Delivery]:
         """Attach delivery counts; dead-letter entries past the limit and ack ones trimmed away."""

@@ -46,9 +46,13 @@ def _hear_new_models(services: Services) -> threading.Event:
     stop = threading.Event()
     if services.feedback is not None:
         control.listen_for_models(
-            services.feedback.log.store.client, lambda _version: services.models.reload(), stop
+            services.feedback.log.store.client, lambda _version: _reload(services), stop
         )
     return stop
+
+
+def _reload(services: Services) -> None:
+    services.models.reload()
 
 
 def _queue_full(scope) -> bool:
@@ -88,5 +92,7 @@ def create_app(settings: Settings, models: ModelManager[ServedModel] | None = No
     app.add_middleware(RequestCounter)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Admission, is_full=_queue_full)
-    app.openapi = lambda: errors.openapi_with_error_bodies(app)
+    # The schema as the server answers, set now that every route is in: FastAPI's openapi() serves
+    # a schema already set.
+    errors.openapi_with_error_bodies(app)
     return app

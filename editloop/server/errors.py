@@ -13,7 +13,7 @@ from editloop import errors
 
 log = logging.getLogger(__name__)
 
-STATUS = {
+STATUS: dict[type, int] = {
     errors.BadRequestError: 400,
     errors.AuthError: 401,
     errors.ForbiddenError: 403,

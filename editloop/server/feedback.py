@@ -18,7 +18,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -42,7 +42,6 @@ MAX_BATCH = 5000  # events per group commit
 MAX_QUEUED_COMPLETIONS = 10_000  # beyond this, completion events are dropped (and counted)
 RECENT_COMPLETIONS = 10_000
 TRIM_EVERY_S = 3600.0
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,9 @@ class Origin:
 class _Item:
     events: list[FeedbackEvent]
     done: asyncio.Future | None  # None: nobody waits (completion events)
+
+
+_STOP = _Item([], None)  # the writer's last item: it stops when it reaches it
 
 
 class TabbyEvent(BaseModel):
@@ -80,7 +82,7 @@ def tabby_feedback(body: TabbyEvent, select_kind: str | None, origin: Origin | N
     """
     raw = body.model_dump(mode="json") | {"select_kind": body.select_kind or select_kind}
     digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:32]
-    common = {
+    common: dict[str, Any] = {
         "event_id": f"tabby-{digest}",
         "completion_id": body.completion_id,
         "choice": body.choice_index,
@@ -89,7 +91,7 @@ def tabby_feedback(body: TabbyEvent, select_kind: str | None, origin: Origin | N
     if body.type == "view":
         return ShownEvent(**common)
     if body.type == "select":
-        partial = "line" if raw["select_kind"] == "line" else None
+        partial: Literal["line"] | None = "line" if raw["select_kind"] == "line" else None
         return AcceptedEvent(**common, partial=partial)
     return RejectedEvent(**common, reason="dismissed")
 
@@ -189,7 +191,7 @@ class FeedbackService:
         self.settings = settings
         self.dropped_completions = 0
         self.outcomes: dict[str, int] = {}
-        self._queue: asyncio.Queue[_Item | object] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._queued_completions = 0
         self._recent: OrderedDict[str, Origin] = OrderedDict()
         self._tasks: list[asyncio.Task] = []

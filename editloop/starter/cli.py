@@ -88,7 +88,7 @@ def ship_model(
     size = (data.get("size") or {}).get("name")
     if to is None and size is None:
         raise ModelError(f"{checked.name} is not a starter model: say where to write it with --to")
-    dest = to or SHIPPED_DIR / size
+    dest = to if to is not None else SHIPPED_DIR / str(size)
     digest = data.get("corpus_digest") or corpus_digest(data)
     manifest = export_shipped(checked, dest, corpus_digest=digest, replace=force)
     total = sum((dest / rel).stat().st_size for rel in manifest.files)

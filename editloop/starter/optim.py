@@ -18,7 +18,8 @@ class StarterOptimizer:
 
     def __init__(self, model: nn.Module, lr: float, muon_lr: float, weight_decay: float = 0.1) -> None:
         self.lr, self.muon_lr = lr, muon_lr
-        matrices, rest = [], []
+        matrices: list[nn.Parameter] = []
+        rest: list[nn.Parameter] = []
         for name, param in model.named_parameters():
             hidden_matrix = param.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name
             (matrices if hidden_matrix and muon_lr > 0 else rest).append(param)

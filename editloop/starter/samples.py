@@ -60,7 +60,7 @@ class SampleBuilder:
         self.mix = mix
         self.middle_only = middle_only
         self.pack = pack
-        self.ids = {name: tokenizer.token_to_id(tok) for name, tok in _template_tokens(template).items()}
+        self.ids = {name: _token_id(tokenizer, tok) for name, tok in _template_tokens(template).items()}
         sizes = np.array([len(f.text) for f in files], dtype=np.float64)
         self.cumulative = np.cumsum(sizes / sizes.sum())
         # Four characters a token is generous for code, so a window rarely underfills the sequence.
@@ -157,3 +157,11 @@ def _split(text: str, rng: np.random.Generator, line_aligned: bool) -> tuple[str
     end = line_start + sum(len(x) for x in lines[first : first + count])
     end -= 1 if text[end - 1 : end] == "\n" else 0  # the newline stays in the suffix
     return text[:cursor], text[cursor:end], text[end:]
+
+
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    """The id of a special token the starter's tokenizer must have."""
+    found = tokenizer.token_to_id(token)
+    if found is None:
+        raise ValueError(f"the tokenizer has no {token!r} token")
+    return found
