@@ -30,6 +30,7 @@ test: install $(TEST_TOOLS)
 lint: install
 	$(VENV)/bin/ruff check editloop tests benchmarks
 	$(VENV)/bin/ruff format --check editloop tests benchmarks
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/ruff check --fix editloop tests benchmarks

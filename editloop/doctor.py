@@ -110,10 +110,10 @@ def check_redis(settings: Settings) -> Check:
 
 
 def check_bubblewrap() -> Check:
-    from editloop.sandbox import open_sandbox
+    from editloop.sandbox import BwrapSandbox
 
     try:
-        sandbox = open_sandbox()
+        sandbox = BwrapSandbox()
     except SandboxUnavailableError as exc:
         if shutil.which("bwrap") is None:
             fix = _apt("bubblewrap")

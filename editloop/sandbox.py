@@ -392,10 +392,10 @@ def _stdin_fd(stdin: str | bytes | None) -> int | None:
 def _collect(proc: subprocess.Popen, limits: Limits, deadline: float) -> _Output:
     """Read both streams until they close, the deadline passes or one overflows its cap."""
     output = _Output()
-    buffers = {proc.stdout: output.stdout, proc.stderr: output.stderr}
+    assert proc.stdout is not None and proc.stderr is not None, "started with stdout and stderr pipes"
     with selectors.DefaultSelector() as selector:
-        for stream in buffers:
-            selector.register(stream, selectors.EVENT_READ)
+        selector.register(proc.stdout, selectors.EVENT_READ, output.stdout)
+        selector.register(proc.stderr, selectors.EVENT_READ, output.stderr)
         while selector.get_map():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -406,7 +406,7 @@ def _collect(proc: subprocess.Popen, limits: Limits, deadline: float) -> _Output
                 if not chunk:
                     selector.unregister(key.fileobj)
                     continue
-                buffer = buffers[key.fileobj]
+                buffer: bytearray = key.data
                 buffer += chunk[: max(0, limits.output_bytes - len(buffer))]
                 if len(chunk) > 0 and len(buffer) >= limits.output_bytes:
                     output.truncated = True

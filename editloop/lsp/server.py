@@ -115,7 +115,7 @@ class EditloopServer(LanguageServer):
         tokens = self.settings.api_tokens
 
         async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.protocol.set_writer(writer)  # type: ignore[arg-type]  # has write() and close()
+            self.protocol.set_writer(writer)  # has write() and close()
             if await self._pump(lambda: reader.read(READ_CHUNK), tokens=tokens, writer=writer):
                 self.shutdown()  # as pygls: the session's end ends the server; a refused one does not
 
@@ -483,7 +483,7 @@ def _stdin_reader(stdin: BinaryIO) -> Callable[[], Awaitable[bytes]]:
 
     fd = stdin.fileno()
 
-    def pump() -> None:
+    def pump(queue: asyncio.Queue[bytes], on: asyncio.AbstractEventLoop) -> None:
         while True:
             try:
                 # os.read, not stdin.read1: a daemon thread blocked inside a buffered reader holds
@@ -492,7 +492,7 @@ def _stdin_reader(stdin: BinaryIO) -> Callable[[], Awaitable[bytes]]:
             except OSError:
                 chunk = b""
             try:
-                loop.call_soon_threadsafe(chunks.put_nowait, chunk)  # type: ignore[union-attr]
+                on.call_soon_threadsafe(queue.put_nowait, chunk)
             except RuntimeError:  # the loop is closed: the server is going away
                 return
             if not chunk:
@@ -502,7 +502,7 @@ def _stdin_reader(stdin: BinaryIO) -> Callable[[], Awaitable[bytes]]:
         nonlocal chunks, loop
         if chunks is None:
             chunks, loop = asyncio.Queue(), asyncio.get_running_loop()
-            threading.Thread(target=pump, name="lsp-stdin", daemon=True).start()
+            threading.Thread(target=pump, args=(chunks, loop), name="lsp-stdin", daemon=True).start()
         return await chunks.get()
 
     return read
@@ -514,8 +514,10 @@ def _initialize_token(message: Any) -> Any:
     options = (message.get("params") or {}).get("initializationOptions")
     if not isinstance(options, dict):
         return None
-    section = options.get("editloop") if isinstance(options.get("editloop"), dict) else options
-    return section.get("authToken")
+    nested = options.get("editloop")
+    section = nested if isinstance(nested, dict) else options
+    token = section.get("authToken")
+    return token if isinstance(token, str) else None
 
 
 def _authenticates(body: bytes, tokens: list[str]) -> bool:

@@ -5,8 +5,9 @@ versions) but without pygls, so the pygls layer only parses and shapes. Position
 session's encoding (UTF-16 unless the client negotiated another).
 
 Latency rules for :meth:`Session.complete`: a newer request for the same document makes older
-ones return nothing and sets their ``cancel`` event (the engine stops decoding); automatic
-requests wait ``debounce_ms`` first; a request whose document changed meanwhile returns nothing.
+ones return nothing; automatic requests wait ``debounce_ms`` first; a request whose document
+changed meanwhile returns nothing. Stopping the older one's decode is the engine's latest-wins
+(one per ``document_id``, in-process or on the server), not repeated here.
 """
 
 import asyncio
@@ -178,10 +179,7 @@ class Session:
 
     def _begin(self, uri: str) -> Ticket:
         ticket = Ticket(uri)
-        previous = self.inflight.get(uri)
-        if previous is not None:
-            previous.cancel.set()
-        self.inflight[uri] = ticket
+        self.inflight[uri] = ticket  # an older ticket is stale from now on
         return ticket
 
     def _end(self, ticket: Ticket) -> None:
@@ -189,7 +187,9 @@ class Session:
             del self.inflight[ticket.uri]
 
     def _stale(self, ticket: Ticket, doc: Document, version: int) -> bool:
-        return ticket.cancel.is_set() or doc.version != version or self.documents.get(doc.uri) is not doc
+        superseded = self.inflight.get(ticket.uri) is not ticket
+        changed = doc.version != version or self.documents.get(doc.uri) is not doc
+        return superseded or changed or ticket.cancel.is_set()
 
     # What the editor tells us about a completion
 

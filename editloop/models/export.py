@@ -190,7 +190,8 @@ def _vocab(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Vocab:
 
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     added = {t.content: t.special for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()}
-    tokens, types = [], []
+    tokens: list[str] = []
+    types: list[int] = []
     for i in range(vocab_size):
         token = by_id.get(i)
         if token is None:

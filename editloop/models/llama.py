@@ -283,8 +283,8 @@ class LlamaBackend:
         stale = staleness(plan, self._stale, len(prompt))
         del self._cached[plan.prefix :]
         row, pos = 0, plan.prefix
-        for chunk in [*plan.chunks, None]:
-            stop = chunk.to if chunk else len(prompt)
+        for moved in [*plan.chunks, None]:  # None: the rest of the prompt
+            stop = moved.to if moved else len(prompt)
             for start in range(pos, stop, PROMPT_BATCH):
                 interrupted = params.interruption()
                 if interrupted:
@@ -295,11 +295,11 @@ class LlamaBackend:
                 self._decode([(prompt[p], p, 0, p == len(prompt) - 1) for p in range(start, end)])
                 self._cached.extend(prompt[start:end])
                 row = end - start - 1
-            if chunk:
-                size = chunk.end - chunk.start
-                llama_cpp.llama_memory_seq_cp(memory, spare, 0, chunk.to, chunk.to + size)
-                self._cached.extend(prompt[chunk.to : chunk.to + size])
-                pos = chunk.to + size
+            if moved:
+                size = moved.end - moved.start
+                llama_cpp.llama_memory_seq_cp(memory, spare, 0, moved.to, moved.to + size)
+                self._cached.extend(prompt[moved.to : moved.to + size])
+                pos = moved.to + size
         llama_cpp.llama_memory_seq_rm(memory, spare, -1, -1)
         self._stale = stale
         return plan, row
@@ -335,9 +335,11 @@ class LlamaBackend:
             self._threads_now = threads
         batch = self._native.batch
         batch.n_tokens = len(entries)
+        # llama-cpp-python annotates pos as an array of arrays; it is one int32 per token.
+        positions = ctypes.cast(batch.pos, ctypes.POINTER(ctypes.c_int32))
         for i, (token, pos, seq, logits) in enumerate(entries):
             batch.token[i] = token
-            batch.pos[i] = pos
+            positions[i] = pos
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = seq
             batch.logits[i] = logits
@@ -508,12 +510,12 @@ class _Decoder:
         memory = self.backend._native.memory
         out: list[_Branch] = []
         # The first group keeps the sequence; others fork it before the first drops its rejected cells.
-        for k, (emitted, members) in enumerate(groups.items()):
-            valid_end = branch.pos + len(emitted)  # pending[0] and the accepted drafts
+        for k, (tokens, members) in enumerate(groups.items()):
+            valid_end = branch.pos + len(tokens)  # pending[0] and the accepted drafts
             seq = branch.seq if k == 0 else self.free_seqs.pop()
             if k:
                 llama_cpp.llama_memory_seq_cp(memory, branch.seq, seq, -1, valid_end)
-            out.append(_Branch(seq, members, [emitted[-1]], valid_end))
+            out.append(_Branch(seq, members, [tokens[-1]], valid_end))
         if out:
             llama_cpp.llama_memory_seq_rm(memory, branch.seq, out[0].pos, -1)
         else:

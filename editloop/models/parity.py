@@ -162,8 +162,19 @@ def _prompt_ids(
 ) -> list[int]:
     pre = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     suf = tokenizer(suffix, add_special_tokens=False)["input_ids"]
-    ids = tokenizer.convert_tokens_to_ids([template.prefix, template.suffix, template.middle])
-    return fim_token_ids(pre, suf, tuple(ids), limit - NEW_TOKENS - 3, spm)
+    specials = (
+        _one_id(tokenizer, template.prefix),
+        _one_id(tokenizer, template.suffix),
+        _one_id(tokenizer, template.middle),
+    )
+    return fim_token_ids(pre, suf, specials, limit - NEW_TOKENS - 3, spm)
+
+
+def _one_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int):
+        raise ValueError(f"{token!r} is not one token of the tokenizer")
+    return found
 
 
 @torch.no_grad()

@@ -130,7 +130,9 @@ def stage_checkpoint(
         if adapter_dir is None:
             # Unchanged weights keep the checkpoint's own dtype (a bf16 1.5B stays 3 GB, not 6); a
             # merged adapter stays fp32, where its small deltas are not rounded away.
-            model.to(checkpoint_dtype(hf_dir))
+            import torch
+
+            torch.nn.Module.to(model, checkpoint_dtype(hf_dir))  # transformers' typing of .to drops self
         model.save_pretrained(staging / "hf", safe_serialization=True)
         tokenizer.save_pretrained(staging / "hf")
         if adapter_dir is not None:

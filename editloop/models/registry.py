@@ -452,9 +452,9 @@ class Registry:
             "adapter_dir": (adapter_dir, True),
             "tokenizer": (tokenizer, False),
         }
-        for label, (rel, want_dir) in optional.items():
-            if rel is not None:
-                _require_inside(staging, rel, label, want_dir=want_dir)
+        for label, (path, want_dir) in optional.items():
+            if path is not None:
+                _require_inside(staging, path, label, want_dir=want_dir)
 
     def _read_pointer(self) -> _Pointer | None:
         try:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from editloop.errors import ModelError
 from editloop.models.export import QWEN2_PRETOKENIZER_REGEX
@@ -243,13 +243,28 @@ def _stdlib_text(budget: int):
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast, template: FimTemplate) -> dict[str, int]:
-    eos = tokenizer.convert_tokens_to_ids(template.eos[0])
-    pad = tokenizer.convert_tokens_to_ids(template.pad) if template.pad else eos
+    eos = _one_id(tokenizer, template.eos[0])
+    pad = _one_id(tokenizer, template.pad) if template.pad else eos
     return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad}
 
 
+def _one_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int):
+        raise ValueError(f"{token!r} is not one token of the tokenizer")
+    return found
+
+
+def _input_embeddings(model: PreTrainedModel) -> torch.Tensor:
+    embeddings = model.get_input_embeddings()
+    weight = embeddings.weight if isinstance(embeddings, torch.nn.Embedding) else None
+    if weight is None:
+        raise ValueError(f"{type(model).__name__} has no embedding matrix")
+    return weight
+
+
 @torch.no_grad()
-def init_weights(model: torch.nn.Module, seed: int) -> None:
+def init_weights(model: PreTrainedModel, seed: int) -> None:
     """Seeded weights, each tensor from its own name's seed (so ``--layers 2`` is the full model's
     first two layers), rounded to bf16 values that f16 holds exactly."""
     for name, param in model.named_parameters():
@@ -263,7 +278,7 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             # An untied head starts as the embeddings plus noise: logits then favour tokens of the
             # context, as a trained model's do, instead of a random projection whose near-ties any
             # quantization flips (DeepSeek's shape agreed on 89.6% of Q8_0 argmaxes that way).
-            values = model.get_input_embeddings().weight.float() + JITTER_STD * EMBED_STD * values
+            values = _input_embeddings(model).float() + JITTER_STD * EMBED_STD * values
         elif "embed" in name:
             values *= EMBED_STD
         else:  # projections: output as large as input, so every layer moves the residual stream

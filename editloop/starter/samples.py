@@ -60,7 +60,7 @@ class SampleBuilder:
         self.mix = mix
         self.middle_only = middle_only
         self.pack = pack
-        self.ids = {name: _token_id(tokenizer, tok) for name, tok in _template_tokens(template).items()}
+        self.ids = {name: special_id(tokenizer, tok) for name, tok in _template_tokens(template).items()}
         sizes = np.array([len(f.text) for f in files], dtype=np.float64)
         self.cumulative = np.cumsum(sizes / sizes.sum())
         # Four characters a token is generous for code, so a window rarely underfills the sequence.
@@ -159,7 +159,7 @@ def _split(text: str, rng: np.random.Generator, line_aligned: bool) -> tuple[str
     return text[:cursor], text[cursor:end], text[end:]
 
 
-def _token_id(tokenizer: Tokenizer, token: str) -> int:
+def special_id(tokenizer: Tokenizer, token: str) -> int:
     """The id of a special token the starter's tokenizer must have."""
     found = tokenizer.token_to_id(token)
     if found is None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
@@ -29,7 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from editloop.corpus import SourceFile
 from editloop.models.fim import SPM_CONFIG_KEY
 from editloop.starter.optim import StarterOptimizer
-from editloop.starter.samples import LINE_COMPLETION, FimMix, SampleBuilder
+from editloop.starter.samples import LINE_COMPLETION, FimMix, SampleBuilder, special_id
 from editloop.starter.tokenizer import save_hf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,16 @@ class StarterSize:
             num_key_value_heads=self.kv_heads,
             max_position_embeddings=self.max_positions,
             rms_norm_eps=1e-5,
-            rope_theta=10000.0,
             tie_word_embeddings=True,
             bos_token_id=eos_id,
             eos_token_id=eos_id,
             pad_token_id=pad_id,
-            **{SPM_CONFIG_KEY: self.fim_spm},
+            **self._config_extras(),
         )
+
+    def _config_extras(self) -> dict[str, Any]:
+        """Keys LlamaConfig keeps without declaring them: the rope base, and the FIM order we serve."""
+        return {"rope_theta": 10000.0, SPM_CONFIG_KEY: self.fim_spm}
 
 
 # tiny pre-trains only, with AdamW: it exists to exercise the pipeline in seconds, and its
@@ -199,8 +203,8 @@ class StarterTrainer:
         seed: int,
     ) -> None:
         self.size, self.tokenizer, self.work_dir, self.seed = size, tokenizer, work_dir, seed
-        self.eos_id = tokenizer.token_to_id("<|endoftext|>")
-        self.pad_id = tokenizer.token_to_id("<|fim_pad|>")
+        self.eos_id = special_id(tokenizer, "<|endoftext|>")
+        self.pad_id = special_id(tokenizer, "<|fim_pad|>")
         self.train_samples = SampleBuilder(train, tokenizer, size.seq_len, seed, size.fim_mix, pack=size.pack)
         self.val_samples = SampleBuilder(heldout, tokenizer, size.seq_len, seed + 1, size.fim_mix)
         self.line_samples = SampleBuilder(
@@ -313,12 +317,12 @@ class StarterTrainer:
             # whole-sequence gradients, and its learning rate has decayed to a tenth.
             self.optimizer.reset()
         if k is None:
-            input_ids, labels = self.train_samples.batch(self.step, self.size.batch_size, self.pad_id)
+            ids_np, labels_np = self.train_samples.batch(self.step, self.size.batch_size, self.pad_id)
         else:
-            input_ids, labels = self.line_samples.batch(k, self.size.line_batch, self.pad_id)
-        input_ids, labels = torch.from_numpy(input_ids), torch.from_numpy(labels)
+            ids_np, labels_np = self.line_samples.batch(k, self.size.line_batch, self.pad_id)
+        input_ids, labels = torch.from_numpy(ids_np), torch.from_numpy(labels_np)
         self.optimizer.set_scale(self.lr_at(self.step) / self.size.lr)
-        attention_mask = (input_ids != self.pad_id).long()
+        attention_mask = torch.ne(input_ids, self.pad_id).long()
         with self._autocast():
             out = self._forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         out.loss.backward()
@@ -353,7 +357,7 @@ class StarterTrainer:
             input_t = torch.from_numpy(input_ids)
             out = self.model(
                 input_ids=input_t,
-                attention_mask=(input_t != self.pad_id).long(),
+                attention_mask=torch.ne(input_t, self.pad_id).long(),
                 labels=torch.from_numpy(labels),
             )
             losses.append(float(out.loss))

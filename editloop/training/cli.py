@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -10,7 +10,8 @@ from editloop.errors import CorpusError, ModelError, TrainingDataError
 from editloop.models.registry import Registry
 from editloop.settings import load_settings
 
-DEVICES = ("auto", "cpu", "cuda")
+# Here, not from training.runtime: that imports torch, and bad arguments should not wait for it.
+DEVICES: dict[str, Literal["auto", "cpu", "cuda"]] = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}
 
 
 def train(
@@ -31,7 +32,8 @@ def train(
         raise TrainingDataError("--repo is required: a git repository or directory of the code to learn")
     if steps < 1 or max_samples < 1:
         raise TrainingDataError(f"--steps ({steps}) and --max-samples ({max_samples}) must be at least 1")
-    if device not in DEVICES:
+    chosen = DEVICES.get(device)
+    if chosen is None:
         raise TrainingDataError(f"--device {device!r}: choose from {', '.join(DEVICES)}")
     if not repo.expanduser().exists():
         raise CorpusError(f"--repo {repo} does not exist; pass a git repository or a directory of code")
@@ -55,7 +57,7 @@ def train(
         languages=tuple(x.strip() for x in languages.split(",") if x.strip()),
         max_samples=max_samples,
         seed=seed,
-        sft=SftConfig(max_steps=steps, max_minutes=minutes, device=device, seed=seed),  # type: ignore[arg-type]
+        sft=SftConfig(max_steps=steps, max_minutes=minutes, device=chosen, seed=seed),
         publish=publish,
         activate=activate,
     )

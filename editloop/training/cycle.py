@@ -32,6 +32,7 @@ from editloop.training.dataset import Dataset, DatasetConfig, FeedbackArchive, b
 from editloop.training.gate import GateConfig, gate_samples, score
 from editloop.training.grpo_effect import effect_of
 from editloop.training.launch import Launch, launch_for, run_grpo_stage, run_sft_stage
+from editloop.training.runtime import Device
 from editloop.training.selection import Checkpoint, Trajectory, WarmStarts, refusal, walk, warm_start
 from editloop.training.value import calibrate_threshold, evaluate, logprob_scores, train_value_model
 
@@ -83,7 +84,7 @@ class CycleConfig:
         default=_setting("learning_rate"), metadata={"help": "SFT learning rate of the LoRA adapter."}
     )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank for SFT and GRPO."})
-    device: str = field(default=_setting("device"), metadata={"help": "cpu, cuda or auto."})
+    device: Device = field(default=_setting("device"), metadata={"help": "cpu, cuda or auto."})
     launch: Launch = field(
         default_factory=Launch, metadata={"help": "Processes SFT and GRPO train in (DDP when more than one)."}
     )
@@ -285,7 +286,7 @@ class Cycle:
                 max_minutes=self.config.sft_minutes,
                 learning_rate=self.config.learning_rate,
                 lora=lora,
-                device=self.config.device,  # type: ignore[arg-type]
+                device=self.config.device,
                 seed=self.config.seed,
                 snapshot_every=self.config.sft_steps // self.config.checkpoints
                 if self.config.checkpoints > 1
@@ -308,7 +309,7 @@ class Cycle:
                     max_steps=self.config.grpo_steps,
                     max_minutes=self.config.grpo_minutes,
                     lora=lora,
-                    device=self.config.device,  # type: ignore[arg-type]
+                    device=self.config.device,
                     seed=self.config.seed,
                 ),
                 adapter_dir=sft.adapter_dir,

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
@@ -169,7 +169,7 @@ def run_grpo(
     )
 
 
-def _trl_config(config: GrpoConfig, out_dir: Path, device: str, use_vllm: bool) -> Any:
+def _trl_config(config: GrpoConfig, out_dir: Path, device: Literal["cpu", "cuda"], use_vllm: bool) -> Any:
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -193,7 +193,7 @@ def _trl_config(config: GrpoConfig, out_dir: Path, device: str, use_vllm: bool) 
         report_to="none",
         disable_tqdm=True,
         seed=config.seed,
-        **precision_args(device),  # type: ignore[arg-type]
+        **precision_args(device),
     )
 
 

@@ -194,11 +194,13 @@ def worker(job_dir: Path) -> None:
     if job["stage"] == "sft":
         from editloop.training.sft import run_sft
 
-        report = run_sft(*job["args"], config, adapter_dir=job["adapter_dir"])
+        base_dir, rows, out_dir = job["args"]
+        report: object = run_sft(base_dir, rows, out_dir, config, adapter_dir=job["adapter_dir"])
     else:
         from editloop.training.grpo import run_grpo
 
-        report = run_grpo(*job["args"], config, adapter_dir=job["adapter_dir"])
+        base_dir, rows, rewards, out_dir = job["args"]
+        report = run_grpo(base_dir, rows, rewards, out_dir, config, adapter_dir=job["adapter_dir"])
     if _rank() == 0:
         tmp = job_dir / f"{REPORT}.tmp"
         with tmp.open("wb") as f:

@@ -43,11 +43,12 @@ def retrain(
                 queued = {"request_id": request_id, "queued": True}
                 _print({**queued, "after": running["cycle_id"]} if running else queued, as_json)
                 return
-            result = control.wait_result(client, request_id, timeout)
-            if result is None:
+            waited = control.wait_result(client, request_id, timeout)
+            if waited is None:
                 raise EditloopError(
                     f"no result for request {request_id} after {timeout:.0f} s; see `editloop status`"
                 )
+            result = waited
         elif running is not None:
             raise EditloopError(
                 f"cycle {running['cycle_id']} is running ({running['stage']}) and no trainer takes "

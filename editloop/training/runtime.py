@@ -9,7 +9,7 @@ the same code export uses (:func:`editloop.models.export.load_hf`).
 
 import importlib.util
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,7 +89,9 @@ class RunReport:
     """``to_dict`` for a run's report dataclass: JSON-ready, paths as strings."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}  # type: ignore[call-overload]
+        if not is_dataclass(self):
+            raise TypeError(f"{type(self).__name__} is not a dataclass")
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def resolve_device(device: Device) -> Literal["cpu", "cuda"]:

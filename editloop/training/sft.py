@@ -12,7 +12,7 @@ EOS; only the completion is learned. Rows arrive as :class:`FimExample` or plain
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
@@ -144,7 +144,7 @@ def run_sft(
     )
 
 
-def _trl_config(config: SftConfig, out_dir: Path, device: str) -> Any:
+def _trl_config(config: SftConfig, out_dir: Path, device: Literal["cpu", "cuda"]) -> Any:
     from trl import SFTConfig as TrlSftConfig
 
     return TrlSftConfig(
@@ -162,7 +162,7 @@ def _trl_config(config: SftConfig, out_dir: Path, device: str) -> Any:
         report_to="none",
         disable_tqdm=True,
         seed=config.seed,
-        **precision_args(device),  # type: ignore[arg-type]
+        **precision_args(device),
     )
 
 
@@ -187,7 +187,7 @@ def completion_loss(
         return None
     model, _ = load_hf(model_dir, adapter_dir)
     device = resolve_device("auto")
-    model.to(device)
+    torch.nn.Module.to(model, device)  # transformers' typing of PreTrainedModel.to drops self
     total, count = 0.0, 0
     with torch.no_grad():
         for row in rows:
