@@ -37,6 +37,9 @@ class Snippet(BaseModel):
 
     filepath: str = Field(max_length=1024)
     text: str
+    score: float | None = Field(
+        default=None, description="Relevance; the prompt takes higher scores first (unset: before all)."
+    )
 
     @field_validator("filepath", "text")
     @classmethod
