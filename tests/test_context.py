@@ -1,0 +1,263 @@
+"""Context from the codebase: gathering, path safety, budget fitting, codebase candidates, events."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from editloop.completion.context.files import source_files
+from editloop.completion.context.index import RepoIndex
+from editloop.completion.context.recent import RecentChunks
+from editloop.completion.context.workspace import ContextLimits, ContextService, Workspace
+from editloop.completion.engine import CompletionEngine, EngineConfig
+from editloop.completion.prompt import build_prompt
+from editloop.completion.served import load_served
+from editloop.completion.types import CompletionRequest, Snippet
+from editloop.errors import ContextRootError
+from editloop.feedback.completions import completion_event
+from editloop.feedback.events import content_hash
+from editloop.feedback.privacy import Privacy
+from editloop.models.llama import LlamaBackend
+from editloop.models.manager import ModelManager
+
+MONEY = '''"""Money in cents."""
+
+
+class Money:
+    """An amount of one currency, in cents."""
+
+    def __init__(self, cents: int, currency: str = "EUR") -> None:
+        self.cents = cents
+        self.currency = currency
+
+
+def format_price(money: Money) -> str:
+    return f"{money.cents / 100:.2f} {money.currency}"
+'''
+
+CART = """from shop.money import Money, format_price
+
+
+def total(items):
+    cents = sum(item.price.cents for item in items)
+    return Money(cents)
+
+
+def receipt(items):
+    lines = [format_price(item.price) for item in items]
+    lines.append(format_price(total(items)))
+    return "\\n".join(lines)
+"""
+
+
+def make_project(base: Path) -> Path:
+    root = base / "repos" / "shop"
+    (root / "shop").mkdir(parents=True)
+    (root / "shop" / "money.py").write_text(MONEY)
+    (root / "shop" / "cart.py").write_text(CART)
+    (root / ".gitignore").write_text("build/\n*.gen.py\n!keep.gen.py\n")
+    (root / "build").mkdir()
+    (root / "build" / "money.py").write_text("SECRET_BUILD = 1\n")
+    (root / "shop" / "tables.gen.py").write_text("GENERATED_TABLE = 1\n")
+    (root / "shop" / "keep.gen.py").write_text("KEPT_GENERATED = 1\n")
+    (root / "shop" / "huge.py").write_text("HUGE_CONSTANT = 1\n" * 10_000)
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "leak.py").write_text("def leaked_secret():\n    return 'OUTSIDE_ONLY'\n")
+    os.symlink(outside / "leak.py", root / "shop" / "link.py")
+    os.symlink(outside, root / "linked_dir")
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
+
+
+def limits(**overrides) -> ContextLimits:
+    return ContextLimits(**{"max_file_bytes": 20_000, **overrides})
+
+
+def test_files_honour_gitignore_the_size_cap_and_stay_inside(project: Path) -> None:
+    found = {p.relative_to(project).as_posix() for p in source_files(project, 100, 20_000)}
+    assert found == {"shop/money.py", "shop/cart.py", "shop/keep.gen.py"}
+    assert len(list(source_files(project, 1, 20_000))) == 1
+
+
+def test_definitions_similar_chunks_and_recent_edits_are_gathered(project: Path) -> None:
+    workspace = Workspace(project, limits())
+    workspace.refresh(force=True)
+    prefix = "from shop.money import Money\n\n\ndef refund(money: Money):\n    return format_price("
+    snippets = workspace.gather("shop/refund.py", prefix, ")\n")
+    by_path = {s.filepath: s for s in snippets}
+    assert "class Money:" in by_path["shop/money.py"].text  # a definition of a name at the cursor
+    assert [s.score for s in snippets] == sorted((s.score for s in snippets), reverse=True)
+    assert all(s.score is not None and 0 < s.score <= 1 for s in snippets)
+    # Similar code: cart.py uses the same names.
+    assert "shop/cart.py" in by_path
+    # Nothing from ignored, oversized or outside files, in any snippet.
+    text = "\n".join(s.text for s in snippets)
+    assert "SECRET_BUILD" not in text and "HUGE_CONSTANT" not in text and "OUTSIDE_ONLY" not in text
+    # A recent edit of another file joins; the cursor's own file never does.
+    workspace.visited("shop/notes.py", "PLAN = 'recently edited plan'\n", line=0, edited=True)
+    workspace.visited("shop/refund.py", "def refund(): ...\n", line=0, edited=True)
+    paths = [s.filepath for s in workspace.gather("shop/refund.py", prefix, ")\n")]
+    assert "shop/notes.py" in paths and "shop/refund.py" not in paths
+
+
+def test_edits_outside_the_root_are_ignored(project: Path, tmp_path: Path) -> None:
+    workspace = Workspace(project, limits())
+    workspace.refresh(force=True)
+    for path in ("../outside/leak.py", str(tmp_path / "outside" / "leak.py"), "shop/link.py"):
+        workspace.visited(path, "def leaked_secret(): return 'OUTSIDE_ONLY'\n", line=0, edited=True)
+    assert workspace.index.relative("linked_dir/leak.py") is None
+    snippets = workspace.gather("shop/a.py", "leaked_secret(", ")\n")
+    assert all("OUTSIDE_ONLY" not in s.text for s in snippets)
+    assert workspace.recent.chunks() == []
+
+
+def test_the_index_follows_changes_incrementally(project: Path) -> None:
+    index = RepoIndex(project, max_files=100, max_file_bytes=20_000)
+    assert index.refresh() == 3
+    assert index.refresh() == 0  # nothing changed: nothing re-read
+    (project / "shop" / "tax.py").write_text("def vat_rate(country):\n    return 0.2\n")
+    (project / "shop" / "cart.py").unlink()
+    assert index.refresh() == 2
+    assert [rel for rel, _, _ in index.definitions(["vat_rate", "total"], None)] == ["shop/tax.py"]
+    assert all(c.rel != "shop/cart.py" for c, _ in index.similar("format_price items", None, 10))
+
+
+def test_the_ring_evicts_near_duplicates() -> None:
+    ring = RecentChunks(capacity=3, lines=20)
+    body = "\n".join(f"line {i}" for i in range(40))
+    ring.add("a.py", body, line=10)
+    ring.add("a.py", body, line=11)  # scrolled by one line: replaces the first
+    ring.add("b.py", "other = 1\n", line=0)
+    assert [c.rel for c in ring.chunks()] == ["a.py", "b.py"]
+    for name in "cdef":
+        ring.add(f"{name}.py", f"{name} = 1\n", line=0)
+    assert [c.rel for c in ring.chunks()] == ["d.py", "e.py", "f.py"]
+
+
+def test_codebase_continuations_copy_whole_lines_and_blocks(project: Path) -> None:
+    workspace = Workspace(project, limits())
+    workspace.refresh(force=True)
+    # The line so far matches a line of cart.py: the rest of it is proposed.
+    (line,) = workspace.continuations("shop/new.py", "def f(items):\n    lines = [format_pr", block=False)[:1]
+    assert line.text == "ice(item.price) for item in items]" and line.rel == "shop/cart.py"
+    # At a line start, the line that follows a copy of the previous line elsewhere.
+    after = workspace.continuations(
+        "shop/new.py", "x = 1\n    lines.append(format_price(total(items)))\n    ", False
+    )
+    assert after[0].text == 'return "\\n".join(lines)'
+    # A block: the header line and its body, re-indented to the cursor's indentation.
+    (block, *_) = workspace.continuations("shop/new.py", "class Wallet:\n  def __init__(self, cents", True)
+    assert block.text.startswith(": int, currency: str") and "\n      self.cents = cents\n" in block.text
+    # The cursor's own file above the cursor counts too, and files never indexed give nothing.
+    own = workspace.continuations("shop/new.py", "alpha = compute(1)\nbeta = 2\nalpha = comp", False)
+    assert own[0].text == "ute(1)" and own[0].rel == ""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../outside",
+        "linked_dir",
+        "relative/shop",
+        "/",
+        "{base}/repos/../outside",
+        "{base}/repos/shop/../../outside",
+    ],
+)
+def test_project_roots_outside_the_allowed_roots_are_refused(
+    project: Path, tmp_path: Path, name: str
+) -> None:
+    service = ContextService([tmp_path / "repos"], limits())
+    candidate = name.format(base=tmp_path)
+    if name == "linked_dir":
+        candidate = str(project / "linked_dir")  # inside by name, outside once resolved
+    with pytest.raises(ContextRootError) as caught:
+        service.workspace(candidate)
+    assert caught.value.code == "context_root_not_allowed"
+    with pytest.raises(ContextRootError):
+        ContextService([], limits()).workspace(str(project))
+
+
+def test_workspaces_are_cached_and_bounded(project: Path, tmp_path: Path) -> None:
+    second = tmp_path / "repos" / "second"
+    second.mkdir()
+    service = ContextService([tmp_path / "repos"], limits(max_workspaces=1))
+    first = service.workspace(str(project))
+    assert service.workspace(str(project)) is first
+    service.workspace(str(second))
+    assert service.workspace(str(project)) is not first  # evicted, rebuilt
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_version):
+    backend = LlamaBackend(
+        tiny_version.gguf_path(), tiny_version.manifest.fim, tiny_version.name, max_candidates=1
+    )
+    yield backend
+    backend.close()
+
+
+def test_the_prompt_fits_snippets_by_score(backend) -> None:
+    budget_chars = backend.n_ctx  # a quarter of the budget in tokens is far less than this many characters
+    snippets = [
+        Snippet(filepath="low.py", text="LOW = 1\n", score=0.1),
+        Snippet(filepath="huge.py", text="x = 1\n" * budget_chars, score=0.9),
+        Snippet(filepath="high.py", text="HIGH = 1\n", score=0.8),
+        Snippet(filepath="client.py", text="CLIENT = 1\n"),  # a client's own snippet: first
+    ]
+    prompt = build_prompt(backend, "y = ", "\n", snippets, "main.py", 16)
+    # The client's snippet, then by score; the huge one does not fit after those and is skipped.
+    assert prompt.snippets == [3, 2, 0]
+    assert prompt.extra_tokens <= int((backend.n_ctx - 16 - 8) * 0.25)
+    alone = build_prompt(backend, "y = ", "\n", snippets[1:2], "main.py", 16)
+    assert alone.snippets == [0]  # the best one is cut to fit rather than left out
+
+
+@pytest.fixture(scope="module")
+def manager(tiny_registry):
+    models = ModelManager(
+        tiny_registry, lambda v: load_served(v, LlamaBackend.from_version(v, max_candidates=4))
+    )
+    assert models.reload()
+    yield models
+    models.close()
+
+
+def test_the_engine_gathers_context_and_offers_codebase_candidates(
+    manager, project: Path, tmp_path: Path
+) -> None:
+    service = ContextService([tmp_path / "repos"], limits())
+    engine = CompletionEngine(manager, EngineConfig(abstain_threshold=0.0), None, service)
+    request = CompletionRequest(
+        prefix="from shop.money import Money, format_price\n\n\ndef receipt(items):\n    lines = [format_pr",
+        suffix="\n",
+        filepath="shop/receipt.py",
+        project_root=str(project),
+        n=4,
+        mode="line",
+    )
+    result = engine.complete(request)
+    assert result.context and {s.filepath for s in result.context} <= {"shop/money.py", "shop/cart.py"}
+    copies = [c for c in result.candidates if c.source == "codebase"]
+    assert copies[0].text == "ice(item.price) for item in items]" and copies[0].origin == "shop/cart.py"
+    assert any(c.source == "codebase" for c in result.choices)  # ranked with the model's
+    assert result.timings["context_ms"] >= 0
+    event = completion_event(request, result, source="complete")
+    assert [s.text_hash for s in event.context] == [content_hash(s.text) for s in result.context]
+    assert any(c.source == "codebase" for c in event.candidates)
+    private = Privacy(code_free=True, private_paths=True, hash_key=b"k" * 32).apply([event])[0]
+    assert all(s.text == "" and s.filepath is None and s.filepath_hash for s in private.context)
+    keyed = zip(private.context, result.context, strict=True)
+    assert all(s.text_hash != content_hash(t.text) for s, t in keyed)
+    # Without a project root, nothing is gathered; a root outside is refused before any decode.
+    plain = engine.complete(request.model_copy(update={"project_root": None}))
+    assert plain.context == [] and all(c.source == "model" for c in plain.candidates)
+    with pytest.raises(ContextRootError):
+        engine.complete(request.model_copy(update={"project_root": str(tmp_path / "outside")}))
+    with pytest.raises(ContextRootError):
+        CompletionEngine(manager, EngineConfig()).complete(request)
