@@ -19,6 +19,7 @@ from editloop.feedback.events import content_hash
 from editloop.feedback.privacy import Privacy
 from editloop.models.llama import LlamaBackend
 from editloop.models.manager import ModelManager
+from tests.server_fixtures import auth, client, copy_home, running_server
 
 MONEY = '''"""Money in cents."""
 
@@ -261,3 +262,45 @@ def test_the_engine_gathers_context_and_offers_codebase_candidates(
         engine.complete(request.model_copy(update={"project_root": str(tmp_path / "outside")}))
     with pytest.raises(ContextRootError):
         CompletionEngine(manager, EngineConfig()).complete(request)
+
+
+def test_http_dialects_gather_context_only_inside_the_allowed_roots(
+    tiny_settings, tiny_version, tmp_path: Path
+) -> None:
+    project = make_project(tmp_path)
+    home = copy_home(tiny_settings, tmp_path / "home")
+    body = {
+        "prefix": "def receipt(items):\n    lines = [format_pr",
+        "suffix": "\n",
+        "filepath": "shop/receipt.py",
+        "n": 3,
+        "mode": "line",
+    }
+    allowed = {"abstain_threshold": 0.0, "context_roots": [tmp_path / "repos"]}
+    with running_server(home, **allowed) as (url, _, _app), client(url) as http:
+        reply = http.post("/complete", json={**body, "project_root": str(project)}, headers=auth())
+        assert reply.status_code == 200, reply.text
+        result = reply.json()
+        assert {s["filepath"] for s in result["context"]} <= {"shop/money.py", "shop/cart.py"}
+        assert result["context"] and {c["source"] for c in result["choices"]} <= {"model", "codebase"}
+        assert any(c["source"] == "codebase" for c in result["candidates"])
+        for root in (
+            str(tmp_path / "outside"),
+            str(project / "linked_dir"),
+            "shop",
+            f"{project}/../../..",
+        ):
+            refused = http.post("/complete", json={**body, "project_root": root}, headers=auth())
+            assert refused.status_code == 403, root
+            assert refused.json()["error"]["code"] == "context_root_not_allowed"
+        infill = {
+            "input_prefix": body["prefix"],
+            "input_suffix": "\n",
+            "project_root": str(tmp_path / "outside"),
+        }
+        assert http.post("/infill", json=infill, headers=auth()).status_code == 403
+        openai = {"prompt": body["prefix"], "suffix": "\n", "project_root": str(project)}
+        assert http.post("/v1/completions", json=openai, headers=auth()).status_code == 200
+    with running_server(home, abstain_threshold=0.0) as (url, _, _app), client(url) as http:
+        refused = http.post("/complete", json={**body, "project_root": str(project)}, headers=auth())
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "context_root_not_allowed"
