@@ -290,6 +290,10 @@ class Settings(BaseSettings):
         description="Quiet seconds before what a user wrote in place of a completion counts.",
     )
     lsp_telemetry: bool = Field(default=True, description="Send the editor's feedback events; false: none.")
+    lsp_context: bool = Field(
+        default=True,
+        description="Gather context (recent edits, definitions, similar code) from the workspace folders.",
+    )
     lsp_max_message_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,
