@@ -1,6 +1,7 @@
 """Context from the codebase: gathering, path safety, budget fitting, codebase candidates, events."""
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,16 @@ from editloop.completion.engine import CompletionEngine, EngineConfig
 from editloop.completion.prompt import build_prompt
 from editloop.completion.served import load_served
 from editloop.completion.types import CompletionRequest, Snippet
+from editloop.corpus import SourceFile
 from editloop.errors import ContextRootError
 from editloop.feedback.completions import completion_event
-from editloop.feedback.events import content_hash
+from editloop.feedback.events import content_hash, parse_event
 from editloop.feedback.privacy import Privacy
 from editloop.models.llama import LlamaBackend
 from editloop.models.manager import ModelManager
+from editloop.training.coldstart import extract_samples, with_repo_context
+from editloop.training.dataset import DatasetConfig, build_dataset
+from editloop.training.prompts import FimExample, HfPromptTokenizer, fim_prompt_ids
 from tests.server_fixtures import auth, client, copy_home, running_server
 
 MONEY = '''"""Money in cents."""
@@ -304,3 +309,55 @@ def test_http_dialects_gather_context_only_inside_the_allowed_roots(
     with running_server(home, abstain_threshold=0.0) as (url, _, _app), client(url) as http:
         refused = http.post("/complete", json={**body, "project_root": str(project)}, headers=auth())
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "context_root_not_allowed"
+
+
+def _accepted_story(cid: str, context: list[dict]) -> list:
+    base = {"completion_id": cid, "timestamp": "2026-11-01T00:00:00+00:00"}
+    events = [
+        {
+            **base,
+            "type": "completion",
+            "event_id": f"{cid}-c",
+            "prefix": "def refund(money):\n    return ",
+            "suffix": "\n",
+            "language": "python",
+            "filepath": f"shop/{cid}.py",
+            "candidates": [{"index": 0, "text": "format_price(money)", "score": 0.4, "shown": True}],
+            "context": context,
+        },
+        {**base, "type": "accepted", "event_id": f"{cid}-a"},
+    ]
+    return [parse_event(e) for e in events]
+
+
+def test_training_rows_carry_the_context_the_prompt_had(tiny_hf_dir) -> None:
+    snippet = {"filepath": "shop/money.py", "text": MONEY, "text_hash": content_hash(MONEY), "score": 1.0}
+    hashed = {"filepath_hash": "ab" * 8, "text": "", "text_hash": "cd" * 16, "score": 0.9}  # code-free
+    events = _accepted_story("withctx", [snippet]) + _accepted_story("codefree", [hashed])
+    rows = {
+        s.completion_id: s
+        for s in build_dataset(events, DatasetConfig(heldout_recent=0, heldout_files=0)).sft_train
+    }
+    assert rows["withctx"].extra == ({"filepath": "shop/money.py", "text": MONEY, "score": 1.0},)
+    assert rows["codefree"].extra == ()  # no text was kept: nothing to show the model
+    example = FimExample.coerce(asdict(rows["withctx"]))
+    tokens = HfPromptTokenizer.load(tiny_hf_dir)
+    with_context = fim_prompt_ids(tokens, example, 16)
+    without = fim_prompt_ids(tokens, FimExample.coerce(asdict(rows["codefree"])), 16)
+    sep = tokens.special_id(tokens.fim.file_sep)
+    assert sep in with_context and sep not in without
+    start = with_context.index(sep) + 1
+    path_ids = tokens.tokenize("shop/money.py\n")
+    assert with_context[start : start + len(path_ids)] == path_ids  # the repo layout, as served
+
+
+def test_cold_start_samples_get_their_repository_context(project: Path) -> None:
+    files = [
+        SourceFile(f"repo/{p.relative_to(project).as_posix()}", "python", p.read_text())
+        for p in source_files(project, 100, 20_000)
+    ]
+    samples = extract_samples(files, max_samples=50, per_file=4, seed=0)
+    every = with_repo_context(samples, files, share=1.0, seed=0)
+    assert any(s.extra for s in every)
+    assert all(x.filepath != s.filepath for s in every for x in s.extra)  # never its own file
+    assert with_repo_context(samples, files, share=0.0, seed=0) == samples
