@@ -16,11 +16,16 @@ from editloop.completion.served import load_served
 from editloop.completion.types import CompletionRequest, Snippet
 from editloop.corpus import SourceFile
 from editloop.errors import ContextRootError
+from editloop.eval.engine import engine_for
+from editloop.eval.fim import evaluate_fim, fim_tasks
+from editloop.eval.replay import ReplayConfig
+from editloop.eval.replay_cli import load_tasks, run_replay
 from editloop.feedback.completions import completion_event
 from editloop.feedback.events import content_hash, parse_event
 from editloop.feedback.privacy import Privacy
 from editloop.models.llama import LlamaBackend
 from editloop.models.manager import ModelManager
+from editloop.settings import load_settings
 from editloop.training.coldstart import extract_samples, with_repo_context
 from editloop.training.dataset import DatasetConfig, build_dataset
 from editloop.training.prompts import FimExample, HfPromptTokenizer, fim_prompt_ids
@@ -361,3 +366,38 @@ def test_cold_start_samples_get_their_repository_context(project: Path) -> None:
     assert any(s.extra for s in every)
     assert all(x.filepath != s.filepath for s in every for x in s.extra)  # never its own file
     assert with_repo_context(samples, files, share=0.0, seed=0) == samples
+
+
+def test_replay_and_fim_eval_measure_with_and_without_context(tiny_settings, tiny_version, tmp_path) -> None:
+    project = make_project(tmp_path)
+    settings = load_settings(home=copy_home(tiny_settings, tmp_path / "home"), abstain_threshold=0.0)
+    tasks = load_tasks(project, "*.py", None, "all", 0.7)
+    config = ReplayConfig(seed=0, max_requests_per_file=12)
+    reports = {
+        context: run_replay(
+            settings, tasks, config, root=str(project), context=context, project=f"ctx-{context}"
+        )
+        for context in ("none", "repo")
+    }
+    assert reports["none"]["context"] == "none" and reports["repo"]["context"] == "repo"
+    assert "codebase" not in reports["none"]["shown_by_source"]
+    assert reports["repo"]["shown_by_source"].get("codebase", 0) > 0
+    for report in reports.values():
+        assert sum(report["shown_by_source"].values()) == report["shown"]
+        assert sum(report["full_accepts_by_source"].values()) == report["full_accepts"]
+    # The FIM eval: the same tasks, context from the other files only.
+    files = [SourceFile(f"shop/{p.name}", "python", p.read_text()) for p in (project / "shop").glob("*.py")]
+    files = [f for f in files if "HUGE" not in f.text]
+    fim = fim_tasks(files, 4, seed=0)
+    backend = LlamaBackend.from_version(tiny_version, max_candidates=1)
+    try:
+        engine = engine_for(backend)
+        plain = evaluate_fim(engine, fim, seed=0).to_dict()
+        with_context = evaluate_fim(
+            engine, fim, seed=0, workspace=Workspace.in_memory([(f.path, f.text) for f in files])
+        )
+    finally:
+        backend.close()
+    assert plain["top_from_codebase"] == 0
+    assert 0 <= with_context.to_dict()["top_from_codebase"] <= len(fim)
+    assert len(with_context.sources) == len(fim)

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from tree_sitter import Node, Parser
 
-from editloop.completion.context.workspace import ContextLimits, Workspace
+from editloop.completion.context.workspace import Workspace
 from editloop.completion.syntax import load_grammar
 from editloop.corpus import SourceFile, heldout_bucket, read_files
 from editloop.errors import ModelError, TrainingDataError
@@ -206,9 +206,7 @@ def with_repo_context(
     the other files of their repository: repository-level samples, at the cost of one index."""
     if share <= 0 or not samples:
         return samples
-    workspace = Workspace(Path("/editloop-cold-start"), ContextLimits(max_files=len(files) + 1))
-    for file in files:  # the files as read, indexed in memory: the root itself is never read
-        workspace.index.update_text(file.path.split("/", 1)[-1], file.text)
+    workspace = Workspace.in_memory([(f.path.split("/", 1)[-1], f.text) for f in files], "cold-start")
     rng = random.Random(f"{seed}:context")
     return [
         replace(s, extra=tuple(workspace.gather(s.filepath, s.prefix, s.suffix)))

@@ -6,6 +6,7 @@
 [Snippet(filepath='shop/money.py', text='class Money: ...', score=1.0), ...]
 """
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -56,10 +57,21 @@ class Workspace:
         self._refreshed = 0.0
         self._lock = threading.Lock()
 
+    @classmethod
+    def in_memory(cls, files: list[tuple[str, str]], name: str = "memory") -> "Workspace":
+        """A workspace over ``(path, text)`` pairs, never read from disk (training rows, evals)."""
+        workspace = cls(Path(f"/editloop-{name}"), ContextLimits(max_files=len(files) + 1))
+        for path, text in files:
+            workspace.index.update_text(path, text)
+        workspace._refreshed = math.inf  # nothing on disk to look at
+        return workspace
+
     def refresh(self, force: bool = False) -> None:
         """Re-read what changed on disk, at most every ``refresh_s`` unless forced."""
         with self._lock:
-            if not force and time.monotonic() - self._refreshed < self.limits.refresh_s:
+            if self._refreshed == math.inf or (
+                not force and time.monotonic() - self._refreshed < self.limits.refresh_s
+            ):
                 return
             self.index.refresh()
             self._refreshed = time.monotonic()
