@@ -370,6 +370,7 @@ def test_cold_start_samples_get_their_repository_context(project: Path) -> None:
 
 def test_replay_and_fim_eval_measure_with_and_without_context(tiny_settings, tiny_version, tmp_path) -> None:
     project = make_project(tmp_path)
+    (project / "shop" / "invoice.py").write_text(CART.replace("receipt", "invoice"))  # much to copy
     settings = load_settings(home=copy_home(tiny_settings, tmp_path / "home"), abstain_threshold=0.0)
     tasks = load_tasks(project, "*.py", None, "all", 0.7)
     config = ReplayConfig(seed=0, max_requests_per_file=12)

@@ -7,10 +7,11 @@ unsaved buffer (``update_text``). Lookups take the index's lock briefly; nothing
 >>> index.refresh(); index.similar("parse the header", exclude=None, k=4)  # doctest: +SKIP
 """
 
+import heapq
 import math
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from editloop.completion.context.definitions import Definition, Definitions
@@ -19,10 +20,11 @@ from editloop.completion.context.tokens import identifiers
 from editloop.completion.syntax import language_for_path
 
 CHUNK_LINES = 20
-KEY_CHARS = 3  # a line is found by the first characters of its stripped text
-MAX_SCAN = 4000  # lines looked at per continuation lookup, whatever the bucket's size
+KEY_CHARS = 8  # a line is found by the first characters of its stripped text (or by the line before)
+MAX_SCAN = 2000  # lines looked at per continuation lookup, whatever the bucket's size
 BM25_K1, BM25_B = 1.2, 0.75
 COMMON_MIN = 50
+MAX_QUERY_TERMS = 24
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Chunk:
     start: int  # first line (0-based)
     text: str
     terms: Counter
+    length: int = 0  # identifiers in it (BM25's document length), set when indexed
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,10 @@ class RepoIndex:
             entry = _File(rel, stamp, lines, self._generation, definitions=definitions)
             self._files[rel] = entry
             for chunk in chunks:
-                chunk.terms.update(identifiers(chunk.text))
-                if chunk.terms:
-                    self._add_chunk(entry, chunk)
+                words = identifiers(chunk.text)
+                if words:
+                    chunk.terms.update(words)
+                    self._add_chunk(entry, replace(chunk, length=len(words)))
             for definition in definitions:
                 self._definitions.setdefault(definition.name, []).append((rel, definition))
             self._add_lines(entry)
@@ -139,7 +143,7 @@ class RepoIndex:
         entry.chunks.append(cid)
         for term, count in chunk.terms.items():
             self._postings.setdefault(term, {})[cid] = count
-        self._total_terms += chunk.terms.total()
+        self._total_terms += chunk.length
 
     def _add_lines(self, entry: _File) -> None:
         previous = ""
@@ -159,7 +163,7 @@ class RepoIndex:
             return
         for cid in entry.chunks:
             chunk = self._chunks.pop(cid)
-            self._total_terms -= chunk.terms.total()
+            self._total_terms -= chunk.length
             for term in chunk.terms:
                 postings = self._postings[term]
                 del postings[cid]
@@ -190,23 +194,24 @@ class RepoIndex:
 
     def similar(self, query: str, exclude: str | None, k: int) -> list[tuple[Chunk, float]]:
         """The ``k`` chunks most similar to ``query`` by BM25 over identifiers, not from ``exclude``."""
-        terms = set(identifiers(query))
         with self._lock:
             n = len(self._chunks)
-            if not n or not terms:
+            # The rarest query terms carry the score and have the shortest postings: a term in a
+            # quarter of all chunks adds little idf and would cost the longest walk.
+            found = [(len(p), p) for t in set(identifiers(query)) if (p := self._postings.get(t))]
+            found = sorted((f for f in found if f[0] <= max(COMMON_MIN, n // 4)), key=lambda f: f[0])
+            found = found[:MAX_QUERY_TERMS]
+            if not n or not found:
                 return []
             average = self._total_terms / n
             scores: dict[int, float] = {}
-            for term in terms:
-                postings = self._postings.get(term)
-                if not postings or len(postings) > max(COMMON_MIN, n // 4):
-                    continue  # in a quarter of all chunks: little idf, and the longest postings to walk
-                idf = math.log(1 + (n - len(postings) + 0.5) / (len(postings) + 0.5))
+            for df, postings in found:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
                 for cid, tf in postings.items():
-                    length = self._chunks[cid].terms.total()
+                    length = self._chunks[cid].length
                     norm = tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / average))
                     scores[cid] = scores.get(cid, 0.0) + idf * norm
-            ranked = sorted(scores.items(), key=lambda item: -item[1])
+            ranked = heapq.nlargest(k * 4, scores.items(), key=lambda item: item[1])
             found = []
             for cid, score in ranked:
                 chunk = self._chunks[cid]
@@ -232,9 +237,9 @@ class RepoIndex:
         """(where, the line, the line before it) of lines whose stripped text starts with ``head``."""
         return self._scan(self._starts.get(head[:KEY_CHARS], []), exclude, lambda s: s.startswith(head))
 
-    def lines_after(self, previous: str, exclude: str | None) -> list[tuple[LineHit, str, str]]:
-        """Lines that follow a line whose stripped text is ``previous``."""
-        return self._scan(self._followers.get(previous, []), exclude, lambda s: True)
+    def lines_after(self, previous: str, head: str, exclude: str | None) -> list[tuple[LineHit, str, str]]:
+        """Lines starting with ``head`` that follow a line whose stripped text is ``previous``."""
+        return self._scan(self._followers.get(previous, []), exclude, lambda s: s.startswith(head))
 
     def following(self, hit: LineHit, count: int) -> list[str]:
         with self._lock:

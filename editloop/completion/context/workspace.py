@@ -137,9 +137,9 @@ class Workspace:
 def continuations(index: RepoIndex, current: str | None, prefix: str, block: bool) -> list[CodebaseCandidate]:
     """The best supported continuations of the cursor's line, from the index and the lines above it.
 
-    A line elsewhere that starts with what the cursor's line has so far supplies the rest of it;
-    one preceded by the same line as the cursor's counts twice. At the start of a line, the lines
-    that follow a copy of the previous line are proposed.
+    With at least ``KEY_CHARS`` on the cursor's line, any line elsewhere that starts the same way
+    supplies the rest of it (one preceded by the same line as the cursor's counts twice); with
+    fewer, only lines that follow a copy of the cursor's previous line do: an n-gram of lines.
     """
     lines = prefix.split("\n")
     before, above = lines[-1], lines[:-1]
@@ -148,27 +148,40 @@ def continuations(index: RepoIndex, current: str | None, prefix: str, block: boo
     if len(head) >= KEY_CHARS:
         hits = index.lines_starting(head, current)
         own = [(i, s) for i, s in enumerate(above) if s.strip().startswith(head)]
-    elif not head and previous:
-        hits = index.lines_after(previous, current)
-        own = [(i + 1, above[i + 1]) for i, s in enumerate(above[:-1]) if s.strip() == previous]
+    elif previous:
+        hits = index.lines_after(previous, head, current)
+        own = [
+            (i + 1, above[i + 1])
+            for i, s in enumerate(above[:-1])
+            if s.strip() == previous and above[i + 1].strip().startswith(head)
+        ]
     else:
         return []
     support: dict[str, float] = {}
-    source: dict[str, str] = {}
+    source: dict[str, tuple[str, list[str]]] = {}  # text -> (file, the lines after its first copy)
     for hit, line, line_before in hits:
-        text = _rest(line, before, head)
-        if block and text:
-            text += _body(line, index.following(hit, MAX_BLOCK_LINES), before)
-        _count(support, source, text, hit.rel, 2.0 if line_before.strip() == previous else 1.0)
+        weight = 2.0 if line_before.strip() == previous else 1.0
+        _count(support, source, _rest(line, before, head), (hit.rel, line, hit), weight)
     for number, line in own:
-        text = _rest(line, before, head)
-        if block and text:
-            text += _body(line, above[number + 1 : number + 1 + MAX_BLOCK_LINES], before)
         earlier = above[number - 1].strip() if number else ""
-        _count(support, source, text, "", 2.0 if earlier == previous else 1.0)
-    ranked = sorted(support.items(), key=lambda item: (-item[1], len(item[0])))
+        following = above[number + 1 : number + 1 + MAX_BLOCK_LINES]
+        _count(
+            support,
+            source,
+            _rest(line, before, head),
+            ("", line, following),
+            2.0 if earlier == previous else 1.0,
+        )
+    ranked = sorted(support.items(), key=lambda item: (-item[1], len(item[0])))[:MAX_CODEBASE]
     total = sum(support.values()) + 1.0
-    return [CodebaseCandidate(t, s, round(s / total, 4), source[t]) for t, s in ranked[:MAX_CODEBASE]]
+    found = []
+    for text, weight in ranked:
+        rel, line, where = source[text]
+        if block:  # only the few shown need their bodies: one lookup each
+            following = where if isinstance(where, list) else index.following(where, MAX_BLOCK_LINES)
+            text += _body(line, following, before)
+        found.append(CodebaseCandidate(text, weight, round(weight / total, 4), rel))
+    return found
 
 
 def _rest(line: str, before: str, head: str) -> str:
@@ -191,11 +204,11 @@ def _body(line: str, following: list[str], before: str) -> str:
     return "".join("\n" + b for b in body)
 
 
-def _count(support: dict[str, float], source: dict[str, str], text: str, rel: str, weight: float) -> None:
+def _count(support: dict[str, float], source: dict, text: str, origin: tuple, weight: float) -> None:
     if not text.strip():
         return
     support[text] = support.get(text, 0.0) + weight
-    source.setdefault(text, rel)
+    source.setdefault(text, origin)
 
 
 class ContextService:
