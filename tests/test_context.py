@@ -12,8 +12,10 @@ from editloop.completion.context.recent import RecentChunks
 from editloop.completion.context.workspace import ContextLimits, ContextService, Workspace
 from editloop.completion.engine import CompletionEngine, EngineConfig
 from editloop.completion.prompt import build_prompt
+from editloop.completion.ranker import LogprobRanker, RankContext, RankInput
 from editloop.completion.served import load_served
 from editloop.completion.types import CompletionRequest, Snippet
+from editloop.completion.value import FEATURES, ValueInput, ValueModel, features
 from editloop.corpus import SourceFile
 from editloop.errors import ContextRootError
 from editloop.eval.engine import engine_for
@@ -29,6 +31,7 @@ from editloop.settings import load_settings
 from editloop.training.coldstart import extract_samples, with_repo_context
 from editloop.training.dataset import DatasetConfig, build_dataset
 from editloop.training.prompts import FimExample, HfPromptTokenizer, fim_prompt_ids
+from editloop.training.value import ValueRow, train_value_model
 from tests.server_fixtures import auth, client, copy_home, running_server
 
 MONEY = '''"""Money in cents."""
@@ -402,3 +405,27 @@ def test_replay_and_fim_eval_measure_with_and_without_context(tiny_settings, tin
     assert plain["top_from_codebase"] == 0
     assert 0 <= with_context.to_dict()["top_from_codebase"] <= len(fim)
     assert len(with_context.sources) == len(fim)
+
+
+def test_the_value_model_learns_which_source_to_trust(tmp_path: Path) -> None:
+    def row(source: str, accepted: bool, i: int) -> ValueRow:
+        text = f"value_{i} = compute({i})"
+        logprobs = [] if source == "codebase" else [-1.0] * 6
+        value = ValueInput("x = 1\n", "\n", text, logprobs or None, True, 0.3, source=source)
+        return ValueRow(value, accepted=accepted, file=f"f{i}.py")
+
+    # In this codebase, copies are taken and the model's guesses are not: the source decides.
+    rows = [row("codebase", True, i) for i in range(40)] + [row("model", False, i) for i in range(40)]
+    model = train_value_model(rows)
+    copy, decoded = model.predict_many([rows[0].input, rows[40].input])
+    assert copy > 0.5 > decoded
+    assert features(rows[0].input)[FEATURES.index("from_codebase")] == 1.0
+    # A value model saved before the feature existed still loads and ranks (on the features it knows).
+    old = ValueModel(model.weights[:-1], model.bias, model.mean[:-1], model.scale[:-1], FEATURES[:-1])
+    old.save(tmp_path)
+    loaded = ValueModel.load(tmp_path)
+    assert loaded is not None and len(loaded.predict_many([rows[0].input])) == 1
+    # The log-prob ranker scores a copy by its codebase share, halved when it breaks the parse.
+    context = RankContext("x = ", "\n", "python", "line")
+    copies = [RankInput("1", [], True, "codebase", 0.6), RankInput("(", [], False, "codebase", 0.6)]
+    assert LogprobRanker().score(context, copies) == [0.6, 0.3]

@@ -180,7 +180,7 @@ class CompletionEngine:
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()
         reports, rank_ms = self._rank(ranking.ranker, generated.generations, request, language, mode)
-        reports += self._copies(copies, reports, request, language, mode)
+        reports += self._copies(ranking.ranker, copies, reports, request, language, mode)
         choices = _choices(reports, request.n)
         abstained = should_abstain(choices[0].score if choices else None, ranking.threshold)
         if self.cache is not None and choices and not cancel.is_set():
@@ -254,41 +254,46 @@ class CompletionEngine:
 
     def _copies(
         self,
+        ranker: Ranker,
         copies: list[CodebaseCandidate],
         reports: list[CandidateReport],
         request: CompletionRequest,
         language: str,
         mode: ResolvedMode,
     ) -> list[CandidateReport]:
-        """Reports of the codebase's continuations, scored by how often the codebase continues so.
+        """Reports of the codebase's continuations, scored by the same ranker as the model's.
 
         A copy the model also proposed is kept once, as the model's (its log-probs then score it).
         """
         taken = {r.text for r in reports if r.dropped is None}
-        found = []
+        texts, reasons, valid = [], [], {}
         for copy in copies:
             text = truncate(copy.text, mode, request.prefix, request.suffix, language)
             reason = drop_reason(text, request.prefix, request.suffix, language)
-            if reason is None and text in taken:
-                reason = "duplicate"
+            reason = reason or ("duplicate" if text in taken else None)
             taken.add(text)
-            valid = (
-                self.syntax.check(language, request.prefix, text, request.suffix) if reason is None else None
+            if reason is None:
+                valid[len(texts)] = self.syntax.check(language, request.prefix, text, request.suffix)
+            texts.append(text)
+            reasons.append(reason)
+        kept = [i for i, r in enumerate(reasons) if r is None]
+        inputs = [RankInput(texts[i], [], valid[i], "codebase", copies[i].share) for i in kept]
+        samples = tuple(r.text for r in reports if r.dropped in (None, "duplicate"))
+        context = RankContext(request.prefix, request.suffix, language, mode, samples)
+        scores = dict(zip(kept, ranker.score(context, inputs) if inputs else [], strict=True))
+        return [
+            CandidateReport(
+                text=texts[i],
+                score=scores.get(i),
+                mean_logprob=None,
+                parse_valid=valid.get(i),
+                dropped=reasons[i],
+                finish_reason="copy",
+                source="codebase",
+                origin=copy.rel or request.filepath,
             )
-            score = None if reason else copy.share * (0.5 if valid is False else 1.0)
-            found.append(
-                CandidateReport(
-                    text=text,
-                    score=score,
-                    mean_logprob=None,
-                    parse_valid=valid,
-                    dropped=reason,
-                    finish_reason="copy",
-                    source="codebase",
-                    origin=copy.rel or request.filepath,
-                )
-            )
-        return found
+            for i, copy in enumerate(copies)
+        ]
 
     def _from_cache(
         self,

@@ -185,7 +185,9 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
         if completion is None:
             continue
         # As the engine's ranker saw them: every candidate not dropped as broken, duplicates included.
-        samples = tuple(c.text for c in completion.candidates if c.dropped in (None, "duplicate"))
+        samples = tuple(
+            c.text for c in completion.candidates if c.dropped in (None, "duplicate") and c.source == "model"
+        )
         for candidate in completion.candidates:
             if candidate.index not in story.shown or not candidate.text:
                 continue
@@ -198,6 +200,7 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
                 candidate.parse_valid,
                 candidate.score,
                 others=others_of(candidate.text, samples),
+                source=candidate.source,
             )
             rows.append(
                 ValueRow(
