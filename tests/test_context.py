@@ -170,6 +170,9 @@ def test_codebase_continuations_copy_whole_lines_and_blocks(project: Path) -> No
     # The cursor's own file above the cursor counts too, and files never indexed give nothing.
     own = workspace.continuations("shop/new.py", "alpha = compute(1)\nbeta = 2\nalpha = comp", False)
     assert own[0].text == "ute(1)" and own[0].rel == ""
+    # The previous line, repeated, is a weaker vote than a copy seen after the same line elsewhere.
+    (repeat,) = workspace.continuations("shop/new.py", "def f():\n    emit_row(1, 'a')\n    ", False)
+    assert repeat.text == "emit_row(1, 'a')" and repeat.share < 0.5
 
 
 @pytest.mark.parametrize(

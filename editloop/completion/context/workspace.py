@@ -140,6 +140,7 @@ def continuations(index: RepoIndex, current: str | None, prefix: str, block: boo
     With at least ``KEY_CHARS`` on the cursor's line, any line elsewhere that starts the same way
     supplies the rest of it (one preceded by the same line as the cursor's counts twice); with
     fewer, only lines that follow a copy of the cursor's previous line do: an n-gram of lines.
+    The previous line itself, repeated, is a half vote.
     """
     lines = prefix.split("\n")
     before, above = lines[-1], lines[:-1]
@@ -162,6 +163,9 @@ def continuations(index: RepoIndex, current: str | None, prefix: str, block: boo
     for hit, line, line_before in hits:
         weight = 2.0 if line_before.strip() == previous else 1.0
         _count(support, source, _rest(line, before, head), (hit.rel, line, hit), weight)
+    last = next((i for i in range(len(above) - 1, -1, -1) if above[i].strip()), None)
+    if last is not None and above[last].strip().startswith(head) and (last, above[last]) not in own:
+        own.append((last, above[last]))  # repeating the previous line: a weak vote of its own
     for number, line in own:
         earlier = above[number - 1].strip() if number else ""
         following = above[number + 1 : number + 1 + MAX_BLOCK_LINES]
