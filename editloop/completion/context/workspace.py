@@ -174,7 +174,7 @@ def continuations(index: RepoIndex, current: str | None, prefix: str, block: boo
             source,
             _rest(line, before, head),
             ("", line, following),
-            2.0 if earlier == previous else 1.0,
+            (2.0 if earlier == previous else 1.0) / (2 if number == last else 1),
         )
     ranked = sorted(support.items(), key=lambda item: (-item[1], len(item[0])))[:MAX_CODEBASE]
     total = sum(support.values()) + 1.0
