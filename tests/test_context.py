@@ -184,6 +184,7 @@ def test_codebase_continuations_copy_whole_lines_and_blocks(project: Path) -> No
         "/",
         "{base}/repos/../outside",
         "{base}/repos/shop/../../outside",
+        "{base}/repos/shop\x00",
     ],
 )
 def test_project_roots_outside_the_allowed_roots_are_refused(

@@ -25,7 +25,7 @@ def inside(root: Path, path: str | Path) -> Path | None:
     try:
         resolved = candidate.resolve()
         base = root.resolve()
-    except (OSError, RuntimeError):  # a symlink loop
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL in the name
         return None
     return resolved if resolved.is_relative_to(base) else None
 
