@@ -427,6 +427,19 @@ async def test_context_from_the_workspace_folders(home, feedback_redis, project,
     assert all("OUTSIDE_ONLY" not in s.text for s in completion.context)
 
 
+async def test_context_off_sends_none(home, feedback_redis, project, tmp_path) -> None:
+    root = make_project(tmp_path)
+    uri = (root / "shop" / "receipt.py").as_uri()
+    text = "from shop.money import Money, format_price\n\n\ndef receipt(items):\n    lines = [format_pr\n"
+    env = server_env(home, feedback_redis)
+    options = options_for(project, context=False)
+    async with lsp(env, options, root=root.as_uri(), document=(uri, text)) as client:
+        await inline(client, types.Position(line=4, character=22), uri=uri)
+        events = await stored(feedback_redis, project, lambda events: of(events, "completion"))
+    (completion,) = of(events, "completion")
+    assert completion.context == [] and all(c.source == "model" for c in completion.candidates)
+
+
 async def test_tcp_transport(home, feedback_redis, project) -> None:
     port = free_port()
     env = server_env(home, feedback_redis)

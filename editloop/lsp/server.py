@@ -185,7 +185,7 @@ def initialize(ls: EditloopServer, params: types.InitializeParams) -> None:
     )
     ls.session.encoding = negotiated_encoding(params.capabilities)
     ls.session.root = params.root_uri
-    if ls.settings.lsp_context:
+    if config.context:
         ls.session.watch(workspaces(ls.settings, params))
 
 
