@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     context_refresh_s: float = Field(
         default=30.0, ge=0, description="How often a project's index looks for changed files."
     )
+    context_build_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a project's first request waits for its index (built on in the background).",
+    )
 
     # Feedback log (Redis streams)
     redis_url: str | None = Field(

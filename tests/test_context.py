@@ -211,6 +211,18 @@ def test_workspaces_are_cached_and_bounded(project: Path, tmp_path: Path) -> Non
     assert service.workspace(str(project)) is not first  # evicted, rebuilt
 
 
+def test_a_large_index_is_built_in_the_background(project: Path, tmp_path: Path) -> None:
+    service = ContextService([tmp_path / "repos"], limits(build_wait_s=0.0))
+    workspace = service.workspace(str(project))  # returns at once, the build goes on
+    assert workspace.ready.wait(10)
+    assert workspace.index.stats["files"] == 3
+    (project / "shop" / "tax.py").write_text("def vat_rate(country):\n    return 0.2\n")
+    workspace.refresh()  # not due yet (refresh_s): nothing re-read
+    assert workspace.index.stats["files"] == 3
+    workspace.refresh(force=True)
+    assert workspace.index.stats["files"] == 4
+
+
 @pytest.fixture(scope="module")
 def backend(tiny_version):
     backend = LlamaBackend(

@@ -103,6 +103,7 @@ def context_limits(settings: Settings) -> ContextLimits:
         max_file_bytes=settings.context_max_file_kb * 1024,
         max_workspaces=settings.context_workspaces,
         refresh_s=settings.context_refresh_s,
+        build_wait_s=settings.context_build_wait_s,
     )
 
 

@@ -34,6 +34,7 @@ class ContextLimits:
     max_file_bytes: int = 1_000_000
     max_workspaces: int = 4
     refresh_s: float = 30.0
+    build_wait_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class Workspace:
         self.limits = limits
         self.index = RepoIndex(self.root, limits.max_files, limits.max_file_bytes)
         self.recent = RecentChunks()
-        self._refreshed = 0.0
+        self._refreshed = -math.inf
         self._lock = threading.Lock()
+        self.ready = threading.Event()  # set once the first build (or any refresh) is done
 
     @classmethod
     def in_memory(cls, files: list[tuple[str, str]], name: str = "memory") -> "Workspace":
@@ -64,17 +66,30 @@ class Workspace:
         for path, text in files:
             workspace.index.update_text(path, text)
         workspace._refreshed = math.inf  # nothing on disk to look at
+        workspace.ready.set()
         return workspace
 
     def refresh(self, force: bool = False) -> None:
-        """Re-read what changed on disk, at most every ``refresh_s`` unless forced."""
-        with self._lock:
+        """Re-read what changed on disk, at most every ``refresh_s`` unless forced; returns at once
+        when another thread is at it (lookups use what is indexed so far)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             if self._refreshed == math.inf or (
                 not force and time.monotonic() - self._refreshed < self.limits.refresh_s
             ):
                 return
             self.index.refresh()
             self._refreshed = time.monotonic()
+        finally:
+            self._lock.release()
+            self.ready.set()
+
+    def refresh_soon(self) -> None:
+        """:meth:`refresh` on a thread of its own when one is due: requests never walk the disk."""
+        due = time.monotonic() - self._refreshed >= self.limits.refresh_s
+        if due and not self._lock.locked():
+            threading.Thread(target=self.refresh, name="editloop-context-index", daemon=True).start()
 
     def visited(self, path: str | Path, text: str, line: int, edited: bool = False) -> None:
         """An editor opened, changed or saved ``path``: the ring gets the chunk, the index the text."""
@@ -242,5 +257,8 @@ class ContextService:
                 while len(self._workspaces) > self.limits.max_workspaces:
                     self._workspaces.popitem(last=False)
             self._workspaces.move_to_end(root)
-        workspace.refresh()
+        workspace.refresh_soon()
+        # The first request to a project waits a little for its index; a large one is built on
+        # while requests go on with what is indexed so far.
+        workspace.ready.wait(self.limits.build_wait_s)
         return workspace
