@@ -77,6 +77,7 @@ class ColdStartReport:
     heldout_loss_after: float | None
     seconds: float
     published: str | None = None
+    context_samples: int = 0  # training samples whose prompt carries repository context
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "sft": self.sft.to_dict()}
@@ -275,6 +276,7 @@ def cold_start(
         heldout_loss_before=loss_before,
         heldout_loss_after=loss_after,
         seconds=0.0,
+        context_samples=sum(bool(s.extra) for s in train),
     )
     if options.publish:
         report.published = _publish(settings, version, sft, options, report).name
