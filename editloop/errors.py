@@ -77,6 +77,12 @@ class ForbiddenError(EditloopError):
     code = "forbidden"
 
 
+class ContextRootError(ForbiddenError):
+    """A request named a project root outside the server's ``context_roots``."""
+
+    code = "context_root_not_allowed"
+
+
 class BackendError(EditloopError):
     """A model backend that cannot answer now (a remote server down, timing out or replying nonsense)."""
 

@@ -130,6 +130,24 @@ class Settings(BaseSettings):
     cache_entries: int = Field(default=100, ge=0, description="LRU completion cache size (0 disables).")
     cache_ttl_s: float = Field(default=300.0, gt=0, description="Completion cache entry lifetime.")
 
+    # Context from the codebase (opt-in: the server reads only projects inside these roots)
+    context_roots: list[Path] = Field(
+        default=[],
+        description="Directories whose projects a request's project_root may name (JSON list); "
+        "empty: the server reads no project's files.",
+    )
+    context_max_files: int = Field(default=20_000, ge=1, description="Source files indexed per project.")
+    context_max_file_kb: int = Field(default=1024, ge=1, description="Larger files are not indexed.")
+    context_workspaces: int = Field(default=4, ge=1, description="Project indexes kept in memory.")
+    context_refresh_s: float = Field(
+        default=30.0, ge=0, description="How often a project's index looks for changed files."
+    )
+    context_build_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a project's first request waits for its index (built on in the background).",
+    )
+
     # Feedback log (Redis streams)
     redis_url: str | None = Field(
         default=None,
@@ -279,6 +297,10 @@ class Settings(BaseSettings):
         description="Quiet seconds before what a user wrote in place of a completion counts.",
     )
     lsp_telemetry: bool = Field(default=True, description="Send the editor's feedback events; false: none.")
+    lsp_context: bool = Field(
+        default=True,
+        description="Gather context (recent edits, definitions, similar code) from the workspace folders.",
+    )
     lsp_max_message_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,

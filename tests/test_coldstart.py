@@ -119,6 +119,7 @@ def test_cold_start_trains_and_measures(tiny_settings: Settings, tiny_version: M
     report = cold_start(tiny_settings, options)
     assert report.base_version == tiny_version.name and report.published is None
     assert report.train_samples > 0 and report.heldout_samples > 0 and report.sft.steps == 3
+    assert 0 < report.context_samples < report.train_samples  # about half carry repository context
     assert report.heldout_loss_before is not None and report.heldout_loss_after is not None
     assert report.heldout_loss_after != report.heldout_loss_before  # the adapter changed the model
     assert sum(report.samples_by_lines.values()) == report.train_samples

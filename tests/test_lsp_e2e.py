@@ -26,6 +26,7 @@ from editloop.server.background import free_port
 from editloop.settings import Settings
 from tests.redis_fixtures import running_redis
 from tests.server_fixtures import USER, copy_home, running_server, server_env
+from tests.test_context import make_project
 
 ROOT = "file:///work/project"
 URI = f"{ROOT}/example.py"
@@ -67,7 +68,9 @@ def project(request) -> str:
 
 
 @asynccontextmanager
-async def lsp(env: dict[str, str], options: dict, *args: str) -> AsyncIterator[LanguageClient]:
+async def lsp(
+    env: dict[str, str], options: dict, *args: str, root: str = ROOT, document: tuple[str, str] = (URI, DOC)
+) -> AsyncIterator[LanguageClient]:
     """``editloop lsp [args]`` as an editor starts it: initialized, then shut down and exited."""
     config = ClientServerConfig(
         server_command=[sys.executable, "-m", "editloop", "lsp", *args], server_env=env
@@ -75,13 +78,13 @@ async def lsp(env: dict[str, str], options: dict, *args: str) -> AsyncIterator[L
     client = await config.start()
     try:
         params = types.InitializeParams(
-            capabilities=CAPABILITIES, root_uri=ROOT, initialization_options=options
+            capabilities=CAPABILITIES, root_uri=root, initialization_options=options
         )
         result = await asyncio.wait_for(client.initialize_session(params), STEP_S)
         assert result.capabilities.inline_completion_provider is not None
         assert "editloop.accept" in result.capabilities.execute_command_provider.commands
         client.text_document_did_open(
-            types.DidOpenTextDocumentParams(types.TextDocumentItem(URI, "python", 1, DOC))
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(document[0], "python", 1, document[1]))
         )
         yield client
         await asyncio.wait_for(client.shutdown_session(), STEP_S)
@@ -114,11 +117,11 @@ def options_for(project: str, **overrides) -> dict:
 
 
 async def inline(
-    client: LanguageClient, at: types.Position, trigger=INVOKED
+    client: LanguageClient, at: types.Position, trigger=INVOKED, uri: str = URI
 ) -> list[types.InlineCompletionItem]:
     params = types.InlineCompletionParams(
         context=types.InlineCompletionContext(trigger_kind=trigger),
-        text_document=types.TextDocumentIdentifier(URI),
+        text_document=types.TextDocumentIdentifier(uri),
         position=at,
     )
     reply = await asyncio.wait_for(client.text_document_inline_completion_async(params), STEP_S)
@@ -394,6 +397,47 @@ async def test_server_mode_completes_and_reports_through_the_server(home, feedba
     )
     assert [e.completion_id for e in of(events, "accepted")] == [completion_id]
     assert [r.text for r in of(events, "retained")] == [items[0].insert_text] * len(HORIZONS)
+
+
+async def test_context_from_the_workspace_folders(home, feedback_redis, project, tmp_path) -> None:
+    """The workspace is indexed in the background; its snippets and copies reach prompt and event."""
+    root = make_project(tmp_path)
+    uri = (root / "shop" / "receipt.py").as_uri()
+    text = "from shop.money import Money, format_price\n\n\ndef receipt(items):\n    lines = [format_pr\n"
+    at = types.Position(line=4, character=len("    lines = [format_pr"))
+
+    def with_context(events: list[FeedbackEvent]) -> bool:
+        return any(e.type == "completion" and e.context for e in events)
+
+    env = server_env(home, feedback_redis)
+    async with lsp(env, options_for(project), root=root.as_uri(), document=(uri, text)) as client:
+
+        async def attempt() -> bool:  # the first request may come before the index is built
+            await inline(client, at, uri=uri)
+            return with_context(await stored(feedback_redis, project, lambda events: True, timeout_s=0))
+
+        await eventually(attempt, timeout_s=20)
+        events = await stored(feedback_redis, project, with_context)
+    completion = next(e for e in of(events, "completion") if e.context)
+    paths = {s.filepath for s in completion.context}
+    assert paths and paths <= {"shop/money.py", "shop/cart.py"}, paths
+    assert all(s.text and s.text_hash for s in completion.context)
+    copies = [c.text for c in completion.candidates if c.source == "codebase"]
+    assert "ice(item.price) for item in items]" in copies
+    assert all("OUTSIDE_ONLY" not in s.text for s in completion.context)
+
+
+async def test_context_off_sends_none(home, feedback_redis, project, tmp_path) -> None:
+    root = make_project(tmp_path)
+    uri = (root / "shop" / "receipt.py").as_uri()
+    text = "from shop.money import Money, format_price\n\n\ndef receipt(items):\n    lines = [format_pr\n"
+    env = server_env(home, feedback_redis)
+    options = options_for(project, context=False)
+    async with lsp(env, options, root=root.as_uri(), document=(uri, text)) as client:
+        await inline(client, types.Position(line=4, character=22), uri=uri)
+        events = await stored(feedback_redis, project, lambda events: of(events, "completion"))
+    (completion,) = of(events, "completion")
+    assert completion.context == [] and all(c.source == "model" for c in completion.candidates)
 
 
 async def test_tcp_transport(home, feedback_redis, project) -> None:

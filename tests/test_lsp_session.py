@@ -32,8 +32,10 @@ class Observed:
         self.started = asyncio.Event()
         self.decodes: list[asyncio.Task] = []
 
-    async def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:
-        decode = asyncio.ensure_future(self.inner.complete(request, cancel))
+    async def complete(
+        self, request: CompletionRequest, cancel: threading.Event, workspace=None
+    ) -> CompletionResult:
+        decode = asyncio.ensure_future(self.inner.complete(request, cancel, workspace))
         self.decodes.append(decode)
         self.started.set()
         return await asyncio.shield(decode)

@@ -7,6 +7,7 @@
 from collections.abc import Callable
 
 from editloop.completion.cache import CompletionCache
+from editloop.completion.context.workspace import ContextLimits, ContextService
 from editloop.completion.engine import CompletionEngine, EngineConfig
 from editloop.completion.served import ServedModel, load_served, validate_served
 from editloop.models.backend import Backend
@@ -93,4 +94,21 @@ def build_engine(settings: Settings, models: ModelManager[ServedModel]) -> Compl
         default_max_tokens=settings.default_max_tokens,
         max_candidates=settings.max_candidates,
     )
-    return CompletionEngine(models, config, cache)
+    return CompletionEngine(models, config, cache, build_context(settings))
+
+
+def context_limits(settings: Settings) -> ContextLimits:
+    return ContextLimits(
+        max_files=settings.context_max_files,
+        max_file_bytes=settings.context_max_file_kb * 1024,
+        max_workspaces=settings.context_workspaces,
+        refresh_s=settings.context_refresh_s,
+        build_wait_s=settings.context_build_wait_s,
+    )
+
+
+def build_context(settings: Settings) -> ContextService | None:
+    """Context from the projects under ``context_roots``; None when the setting names none."""
+    if not settings.context_roots:
+        return None
+    return ContextService(settings.context_roots, context_limits(settings))

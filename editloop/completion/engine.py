@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from editloop.completion.cache import CompletionCache
+from editloop.completion.context.workspace import CodebaseCandidate, ContextService, Workspace
 from editloop.completion.postprocess import dedupe, drop_reason, resolve_mode, truncate
 from editloop.completion.prompt import build_prompt
 from editloop.completion.ranker import RankContext, Ranker, RankInput, should_abstain
@@ -27,6 +28,7 @@ from editloop.completion.types import (
     CompletionResult,
     ResolvedMode,
 )
+from editloop.errors import ContextRootError
 from editloop.models.backend import Generation, GenerationParams
 
 
@@ -58,39 +60,67 @@ class _Ranking:
     name: str
     ranker: Ranker
     threshold: float
+    cache_key: str
 
 
 class CompletionEngine:
     def __init__(
-        self, models: ServedSource, config: EngineConfig, cache: CompletionCache | None = None
+        self,
+        models: ServedSource,
+        config: EngineConfig,
+        cache: CompletionCache | None = None,
+        context: ContextService | None = None,
     ) -> None:
         self.models = models
         self.config = config
         self.cache = cache
+        self.context = context
         self.syntax = SyntaxChecker()
         self._documents: dict[str, threading.Event] = {}
         self._documents_lock = threading.Lock()
 
-    def complete(self, request: CompletionRequest, cancel: threading.Event | None = None) -> CompletionResult:
-        """Rank the request's candidates; ``cancel`` (e.g. a client disconnect) stops decoding."""
+    def complete(
+        self,
+        request: CompletionRequest,
+        cancel: threading.Event | None = None,
+        workspace: Workspace | None = None,
+    ) -> CompletionResult:
+        """Rank the request's candidates; ``cancel`` (e.g. a client disconnect) stops decoding.
+
+        Context comes from ``workspace`` (the LSP's own), else from the request's ``project_root``
+        when the engine's context service allows it (:class:`ContextRootError` when not).
+        """
         started = time.perf_counter()
         language = request.language or language_for_path(request.filepath or "") or "text"
         mode = resolve_mode(request.mode, request.prefix, request.suffix, language)
+        workspace = workspace or self.workspace_for(request)
         cancel = self._supersede(request.document_id, cancel or threading.Event())
         try:
             with self.models.lease(arm_key(request)) as served:
-                ranking = self._ranking(served, request)
+                ranking = self._ranking(served, request, workspace)
                 cached = self._from_cache(served.version, ranking, language, mode, request, started)
                 if cached is not None:
                     return cached
-                return self._generate(served, ranking, request, language, mode, cancel, started)
+                return self._generate(served, ranking, request, language, mode, cancel, started, workspace)
         finally:
             self._release(request.document_id, cancel)
 
-    def _ranking(self, served: ServedModel, request: CompletionRequest) -> _Ranking:
+    def workspace_for(self, request: CompletionRequest) -> Workspace | None:
+        """The workspace of the request's ``project_root`` (None: it names none)."""
+        if request.project_root is None:
+            return None
+        if self.context is None:
+            raise ContextRootError("this server gathers no context: its context_roots setting is empty")
+        return self.context.workspace(request.project_root)
+
+    def _ranking(
+        self, served: ServedModel, request: CompletionRequest, workspace: Workspace | None = None
+    ) -> _Ranking:
         name, ranker, threshold = served.pick(request.ranker)
         override = self.config.abstain_threshold
-        return _Ranking(name, ranker, threshold if override is None else override)
+        # A prompt with context gives other answers: its cached rankings are kept apart.
+        key = f"{name}+context" if workspace is not None else name
+        return _Ranking(name, ranker, threshold if override is None else override, key)
 
     def complete_cached(self, request: CompletionRequest) -> CompletionResult | None:
         """The completion cache's answer (a repeat, or typing into a shown completion), else None.
@@ -104,6 +134,8 @@ class CompletionEngine:
         started = time.perf_counter()
         language = request.language or language_for_path(request.filepath or "") or "text"
         mode = resolve_mode(request.mode, request.prefix, request.suffix, language)
+        if request.project_root is not None:
+            return None  # its context is gathered (and its root checked) in complete()
         with self.models.lease(arm_key(request)) as served:
             ranking = self._ranking(served, request)
             result = self._from_cache(served.version, ranking, language, mode, request, started)
@@ -120,14 +152,19 @@ class CompletionEngine:
         mode: ResolvedMode,
         cancel: threading.Event,
         started: float,
+        workspace: Workspace | None = None,
     ) -> CompletionResult:
         backend = served.backend
         max_tokens = request.max_tokens or (
             self.config.default_max_tokens if mode == "line" else self.config.block_max_tokens
         )
-        prompt = build_prompt(
-            backend, request.prefix, request.suffix, request.extra, request.filepath, max_tokens
-        )
+        context_started = time.perf_counter()
+        extra, copies = list(request.extra), []
+        if workspace is not None:
+            extra += workspace.gather(request.filepath, request.prefix, request.suffix)
+            copies = workspace.continuations(request.filepath, request.prefix, block=mode == "block")
+        context_ms = _ms(context_started)
+        prompt = build_prompt(backend, request.prefix, request.suffix, extra, request.filepath, max_tokens)
         n = min(request.n, self.config.max_candidates)
         deadline = time.monotonic() + request.time_budget_ms / 1000 if request.time_budget_ms else None
         params = GenerationParams(
@@ -143,18 +180,19 @@ class CompletionEngine:
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()
         reports, rank_ms = self._rank(ranking.ranker, generated.generations, request, language, mode)
+        reports += self._copies(ranking.ranker, copies, reports, request, language, mode)
         choices = _choices(reports, request.n)
         abstained = should_abstain(choices[0].score if choices else None, ranking.threshold)
         if self.cache is not None and choices and not cancel.is_set():
             # Keyed by the requested mode: typing into a block suggestion turns "auto" into a
             # line, and the type-ahead lookup must still find the block it came from.
             self.cache.put(
-                _cache_version(backend.version, ranking.name),
+                _cache_version(backend.version, ranking.cache_key),
                 language,
                 request.mode,
                 request.prefix,
                 request.suffix,
-                [(c.text, c.score) for c in choices],
+                [(c.text, (c.score, c.source)) for c in choices],
             )
         return CompletionResult(
             id=_new_id(),
@@ -167,7 +205,9 @@ class CompletionEngine:
             cached_tokens=generated.cached_tokens,
             truncated=prompt.truncated,
             candidates=reports,
+            context=[extra[i] for i in prompt.snippets],
             timings={
+                "context_ms": context_ms,
                 "prompt_ms": generated.prompt_ms,
                 "decode_ms": generated.decode_ms,
                 "postprocess_ms": _ms(post_started),
@@ -212,6 +252,49 @@ class CompletionEngine:
         ]
         return reports, rank_ms
 
+    def _copies(
+        self,
+        ranker: Ranker,
+        copies: list[CodebaseCandidate],
+        reports: list[CandidateReport],
+        request: CompletionRequest,
+        language: str,
+        mode: ResolvedMode,
+    ) -> list[CandidateReport]:
+        """Reports of the codebase's continuations, scored by the same ranker as the model's.
+
+        A copy the model also proposed is kept once, as the model's (its log-probs then score it).
+        """
+        taken = {r.text for r in reports if r.dropped is None}
+        texts, reasons, valid = [], [], {}
+        for copy in copies:
+            text = truncate(copy.text, mode, request.prefix, request.suffix, language)
+            reason = drop_reason(text, request.prefix, request.suffix, language)
+            reason = reason or ("duplicate" if text in taken else None)
+            taken.add(text)
+            if reason is None:
+                valid[len(texts)] = self.syntax.check(language, request.prefix, text, request.suffix)
+            texts.append(text)
+            reasons.append(reason)
+        kept = [i for i, r in enumerate(reasons) if r is None]
+        inputs = [RankInput(texts[i], [], valid[i], "codebase", copies[i].share) for i in kept]
+        samples = tuple(r.text for r in reports if r.dropped in (None, "duplicate"))
+        context = RankContext(request.prefix, request.suffix, language, mode, samples)
+        scores = dict(zip(kept, ranker.score(context, inputs) if inputs else [], strict=True))
+        return [
+            CandidateReport(
+                text=texts[i],
+                score=scores.get(i),
+                mean_logprob=None,
+                parse_valid=valid.get(i),
+                dropped=reasons[i],
+                finish_reason="copy",
+                source="codebase",
+                origin=copy.rel or request.filepath,
+            )
+            for i, copy in enumerate(copies)
+        ]
+
     def _from_cache(
         self,
         version: str,
@@ -223,11 +306,14 @@ class CompletionEngine:
     ) -> CompletionResult | None:
         if self.cache is None:
             return None
-        key = _cache_version(version, ranking.name)
+        key = _cache_version(version, ranking.cache_key)
         hit = self.cache.get(key, language, request.mode, request.prefix, request.suffix)
         if hit is None or not hit.choices:
             return None
-        choices = [Choice(index=i, text=t, score=s) for i, (t, s) in enumerate(hit.choices[: request.n])]
+        choices = [
+            Choice(index=i, text=t, score=s, source=source)
+            for i, (t, (s, source)) in enumerate(hit.choices[: request.n])
+        ]
         abstained = should_abstain(choices[0].score, ranking.threshold)
         return CompletionResult(
             id=_new_id(),
@@ -274,7 +360,10 @@ def _cache_version(version: str, ranker: str) -> str:
 
 def _choices(reports: list[CandidateReport], n: int) -> list[Choice]:
     ranked = sorted((r for r in reports if r.score is not None), key=lambda r: -(r.score or 0.0))
-    return [Choice(index=i, text=r.text, score=round(r.score or 0.0, 6)) for i, r in enumerate(ranked[:n])]
+    return [
+        Choice(index=i, text=r.text, score=round(r.score or 0.0, 6), source=r.source)
+        for i, r in enumerate(ranked[:n])
+    ]
 
 
 def _kept_logprobs(generation: Generation, kept_text: str) -> list[float]:

@@ -16,7 +16,8 @@ where it was, consecutive prompts begin alike, and a KV cache keeps what they sh
 gives up at most one step of its share for that.
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from editloop.completion.types import Snippet
 from editloop.errors import BadRequestError, ModelError
@@ -38,6 +39,7 @@ class Prompt:
     suffix_tokens: int
     extra_tokens: int
     truncated: bool
+    snippets: list[int] = field(default_factory=list)  # indices of the extra snippets in the prompt
 
 
 def build_prompt(
@@ -62,14 +64,16 @@ def build_prompt(
         raise ModelError(f"model {backend.version} lacks its FIM tokens")
     suffix_ids = _head(backend, suffix, int(budget * SUFFIX_SHARE))
     sep_id = backend.special_id(fim.file_sep) if fim.file_sep else None
-    extra_ids = (
-        _extra(backend, extra, filepath, sep_id, int(budget * EXTRA_SHARE)) if sep_id is not None else []
+    extra_ids, used = (
+        _extra(backend, extra, filepath, sep_id, int(budget * EXTRA_SHARE))
+        if sep_id is not None
+        else ([], [])
     )
     room = budget - len(suffix_ids) - len(extra_ids)
     step = max(CHARS_PER_TOKEN, backend.n_ctx * CHARS_PER_TOKEN // WINDOW_STEPS)
     prefix_ids, truncated = _tail(backend, prefix, room, step)
     ids = [*extra_ids, *ordered(prefix_ids, suffix_ids, (pre_id, suf_id, mid_id), fim.spm)]
-    return Prompt(ids, len(prefix_ids), len(suffix_ids), len(extra_ids), truncated)
+    return Prompt(ids, len(prefix_ids), len(suffix_ids), len(extra_ids), truncated, used)
 
 
 def _tail(backend: Backend, text: str, limit: int, step: int) -> tuple[list[int], bool]:
@@ -101,13 +105,31 @@ def _head(backend: Backend, text: str, limit: int) -> list[int]:
 
 def _extra(
     backend: Backend, snippets: list[Snippet], filepath: str | None, sep_id: int, limit: int
-) -> list[int]:
-    """Other files, most relevant (first) kept whole where possible, then the current file's header."""
+) -> tuple[list[int], list[int]]:
+    """Other files by score (a client's unscored snippets first, in its order), whole where they
+    fit, then the current file's header; and the indices of the snippets that went in.
+
+    A snippet too long for what is left is skipped for the next, shorter one; only the first,
+    most relevant one is cut to fit rather than left out.
+    """
+    order = sorted(range(len(snippets)), key=lambda i: -_score(snippets[i]))
     ids: list[int] = []
-    for snippet in snippets:
+    used: list[int] = []
+    for i in order:
         room = limit - len(ids) - 1
         if room <= 8:
             break
-        ids += [sep_id, *_head(backend, f"{snippet.filepath}\n{snippet.text}", room)]
+        snippet = snippets[i]
+        tokens = _head(backend, f"{snippet.filepath}\n{snippet.text}", room + 1)
+        if len(tokens) > room:
+            if used:
+                continue
+            tokens = tokens[:room]
+        ids += [sep_id, *tokens]
+        used.append(i)
     header = [sep_id, *backend.tokenize(f"{filepath}\n")] if ids and filepath else []
-    return ids + header if len(ids) + len(header) <= limit else ids
+    return (ids + header if len(ids) + len(header) <= limit else ids), used
+
+
+def _score(snippet: Snippet) -> float:
+    return math.inf if snippet.score is None else snippet.score

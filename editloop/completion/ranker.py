@@ -35,6 +35,8 @@ class RankInput:
     text: str
     logprobs: list[float]
     parse_valid: bool | None  # None: no grammar for the language, so unknown
+    source: str = "model"  # "codebase": copied from the codebase, so no log-probs
+    prior: float | None = None  # a copy's share of the codebase places that continue this way
 
 
 class Ranker(Protocol):
@@ -46,7 +48,8 @@ class Ranker(Protocol):
 
 
 class LogprobRanker:
-    """The geometric-mean token probability, scaled down for candidates that break the parse."""
+    """The geometric-mean token probability (a copy's codebase share), scaled down for candidates that
+    break the parse."""
 
     name = "logprob"
 
@@ -59,7 +62,9 @@ class LogprobRanker:
         return [self._score_one(candidate) for candidate in candidates]
 
     def _score_one(self, candidate: RankInput) -> float:
-        score = mean_token_probability(candidate.logprobs)
+        # A copy has no log-probs: how often the codebase continues this way stands in for them.
+        copied = candidate.source == "codebase" and candidate.prior is not None
+        score = candidate.prior or 0.0 if copied else mean_token_probability(candidate.logprobs)
         if candidate.parse_valid is False:
             score *= self.parse_invalid_penalty
         return score

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 
 Mode = Literal["line", "block", "auto"]
+Source = Literal["model", "codebase"]  # who proposed a candidate: the model, or a copy from the code
 ResolvedMode = Literal["line", "block"]  # "auto", as the engine resolved it
 # A language as editors and APIs name it (python, typescriptreact, objective-c, c++, c#): short
 # and plain, so a made-up name can neither grow a cache nor forge a log line.
@@ -37,6 +38,9 @@ class Snippet(BaseModel):
 
     filepath: str = Field(max_length=1024)
     text: str
+    score: float | None = Field(
+        default=None, description="Relevance; the prompt takes higher scores first (unset: before all)."
+    )
 
     @field_validator("filepath", "text")
     @classmethod
@@ -72,6 +76,12 @@ class CompletionRequest(BaseModel):
         default=None,
         description="Rank by the version's value model or by log-prob (default: the server's choice).",
     )
+    project_root: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Absolute path of the project on the server: context is gathered from it, "
+        "if it lies inside one of the server's context_roots (else 403 context_root_not_allowed).",
+    )
 
     @field_validator("prefix", "suffix")
     @classmethod
@@ -83,6 +93,7 @@ class Choice(BaseModel):
     index: int
     text: str
     score: float
+    source: Source = "model"
 
 
 class CandidateReport(BaseModel):
@@ -95,6 +106,8 @@ class CandidateReport(BaseModel):
     parse_valid: bool | None
     dropped: str | None
     finish_reason: str
+    source: Source = "model"
+    origin: str | None = None  # a codebase candidate's file (relative to the project root)
 
 
 class CompletionResult(BaseModel):
@@ -110,3 +123,6 @@ class CompletionResult(BaseModel):
     cached_tokens: int = 0
     truncated: bool = False  # the prompt did not fit and lost context
     candidates: list[CandidateReport] = []
+    context: list[Snippet] = Field(
+        default=[], description="The snippets from other files that went into the prompt, best first."
+    )

@@ -47,6 +47,7 @@ FEATURES = (
     "similar_to_others",
     "first_word_agreement",
     "alone",
+    "from_codebase",  # a continuation copied from the codebase, not decoded by the model
 )
 
 
@@ -61,6 +62,7 @@ class ValueInput:
     # The texts of the request's other decoded candidates (duplicates included, those dropped as
     # broken left out): agreement among a model's samples says how sure it is.
     others: tuple[str, ...] = ()
+    source: str = "model"  # "codebase": copied; its ``score`` is the share of the codebase that continues so
 
 
 def features(value: ValueInput) -> list[float]:
@@ -88,6 +90,7 @@ def features(value: ValueInput) -> list[float]:
         float(bool(value.suffix.split("\n", 1)[0].strip())),
         float(text.rstrip()[-1:] in (":", "{", "(", "[")),
         *agreement(text, value.others),
+        float(value.source == "codebase"),
     ]
 
 
@@ -121,7 +124,8 @@ class ValueModel:
     def predict_many(self, inputs: list[ValueInput]) -> list[float]:
         if not inputs:
             return []
-        x = (np.array([features(v) for v in inputs]) - self.mean) / self.scale
+        # A model saved before a feature was appended reads the features it knows (a prefix).
+        x = (np.array([features(v)[: len(self.weights)] for v in inputs]) - self.mean) / self.scale
         return [float(p) for p in sigmoid(x @ np.array(self.weights) + self.bias)]
 
     def predict(self, value: ValueInput) -> float:
@@ -144,7 +148,7 @@ class ValueModel:
             model = cls(**data)
         except (ValueError, TypeError, KeyError) as exc:
             raise ModelError(f"{path} is not a value model: {exc}") from exc
-        if model.feature_names != FEATURES:
+        if model.feature_names != FEATURES[: len(model.feature_names)] or not model.feature_names:
             raise ModelError(f"{path} was trained on other features; retrain it")
         return model
 
@@ -166,7 +170,9 @@ class ValueRanker:
                     c.text,
                     c.logprobs,
                     c.parse_valid,
+                    c.prior,
                     others=others_of(c.text, context.samples),
+                    source=c.source,
                 )
                 for c in candidates
             ]

@@ -139,6 +139,9 @@ def fim(
         str | None, typer.Option(help="GGUF quantization to run (default: the served one)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    context: Annotated[
+        str, typer.Option(help="none, or repo: each prompt gets context from the corpus's other files")
+    ] = "none",
 ) -> None:
     """Held-out FIM through the serving engine: the model against "empty" and "repeat previous line"."""
     from editloop.eval.engine import open_engine
@@ -154,10 +157,11 @@ def fim(
     chosen = fim_tasks(heldout_files(model.manifest.training_data, corpus), tasks, seed, chosen_kinds)
     if not chosen:
         raise BadRequestError("no held-out lines to make tasks from; pass a larger --corpus")
+    workspace = _context_workspace(context, model.manifest.training_data, corpus)
     with open_engine(settings, model.name) as engine, _progress() as bar:
         job = bar.add_task(f"fim {model.name}", total=len(chosen))
-        report = evaluate_fim(engine, chosen, seed, progress=lambda: bar.advance(job))
-    result = {"version": model.name, **report.to_dict()}
+        report = evaluate_fim(engine, chosen, seed, progress=lambda: bar.advance(job), workspace=workspace)
+    result = {"version": model.name, "context": context, **report.to_dict()}
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -166,6 +170,20 @@ def fim(
         for kind, metrics in result[source].items():
             table.add_row(source, kind, f"{metrics['exact_match']:.4f}", f"{metrics['edit_similarity']:.4f}")
     Console().print(table)
+
+
+def _context_workspace(context: str, training_data: dict, corpus: list[str] | None):
+    """None for ``--context none``; for ``repo``, the whole corpus (train and held-out) in memory."""
+    if context not in ("none", "repo"):
+        raise BadRequestError(f"--context must be none or repo, not {context!r}")
+    if context == "none":
+        return None
+    from editloop.completion.context.workspace import Workspace
+    from editloop.corpus import load_corpus
+
+    sources = corpus or training_data.get("sources", ["stdlib"])
+    files = load_corpus(sources, set(training_data.get("languages", ["python"])))
+    return Workspace.in_memory([(f.path, f.text) for f in files.train + files.heldout], "eval")
 
 
 def _kinds(text: str) -> tuple:

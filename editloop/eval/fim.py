@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from editloop.completion.context.workspace import Workspace
 from editloop.completion.engine import CompletionEngine
 from editloop.completion.types import CompletionRequest, ResolvedMode
 from editloop.corpus import SourceFile, load_corpus
@@ -110,6 +111,7 @@ class FimReport:
     tasks: list[FimTask]
     predictions: dict[str, list[str]]  # source ("model", baselines) → one text per task
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # source → metric → per task
+    sources: list[str] = field(default_factory=list)  # who proposed the model row's text, per task
 
     def __post_init__(self) -> None:
         for source, texts in self.predictions.items():
@@ -136,6 +138,8 @@ class FimReport:
         """Mean of each metric per source and kind, with the task counts and the seed."""
         counts = {k: sum(t.kind == k for t in self.tasks) for k in KINDS}
         table: dict = {"seed": self.seed, "tasks": {k: c for k, c in counts.items() if c}}
+        if self.sources:
+            table["top_from_codebase"] = sum(s == "codebase" for s in self.sources)
         for source, metrics in self.scores.items():
             table[source] = {
                 kind: {
@@ -158,15 +162,23 @@ def evaluate_fim(
     tasks: list[FimTask],
     seed: int | None = None,
     progress: Callable[[], None] | None = None,
+    workspace: Workspace | None = None,
 ) -> FimReport:
-    """The engine's greedy top completion for every task, scored with both baselines."""
-    predictions = []
+    """The engine's greedy top completion for every task, scored with both baselines.
+
+    With ``workspace`` (``--context repo``) each prompt carries the context of the task's other
+    files and codebase continuations compete with the model's; the task's own file is never used.
+    """
+    predictions, sources = [], []
     for task in tasks:
-        predictions.append(complete_task(engine, task))
+        text, source = complete_task(engine, task, workspace)
+        predictions.append(text)
+        sources.append(source)
         if progress is not None:
             progress()
     return FimReport(
         seed=seed,
+        sources=sources,
         tasks=tasks,
         predictions={
             "model": predictions,
@@ -176,7 +188,10 @@ def evaluate_fim(
     )
 
 
-def complete_task(engine: CompletionEngine, task: FimTask) -> str:
+def complete_task(
+    engine: CompletionEngine, task: FimTask, workspace: Workspace | None = None
+) -> tuple[str, str]:
+    """The scored text, and who proposed it ("model" or "codebase")."""
     request = CompletionRequest(
         prefix=task.prefix,
         suffix=task.suffix,
@@ -186,4 +201,7 @@ def complete_task(engine: CompletionEngine, task: FimTask) -> str:
         n=1,
         temperature=0.0,
     )
-    return top_text(engine.complete(request))
+    result = engine.complete(request, None, workspace)
+    text = top_text(result)
+    source = next((c.source for c in result.choices if c.text == text), "model")
+    return text, source

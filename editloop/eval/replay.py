@@ -39,6 +39,7 @@ class Suggestion:
     model_version: str
     ranker: str = ""  # what ranked it, when the editor path says
     rank_ms: float | None = None  # the ranker's own cost on the server, when the editor path says
+    source: str = "model"  # who proposed it: the model, or the codebase (a copied continuation)
 
 
 class Editor(Protocol):
@@ -76,6 +77,9 @@ class ReplayStats:
     rank_ms: list[float] = field(default_factory=list)
     model_versions: set[str] = field(default_factory=set)
     rankers: set[str] = field(default_factory=set)
+    shown_by_source: dict[str, int] = field(default_factory=dict)
+    full_by_source: dict[str, int] = field(default_factory=dict)  # full accepts, by who proposed them
+    chars_by_source: dict[str, int] = field(default_factory=dict)  # characters inserted, by the same
 
     def add(self, other: "ReplayStats") -> None:
         for name in ("files", "requests", "shown", "full", "partial", "any_take", "abstained", "exact"):
@@ -87,6 +91,13 @@ class ReplayStats:
         self.rank_ms += other.rank_ms
         self.model_versions |= other.model_versions
         self.rankers |= other.rankers
+        for mine, theirs in (
+            (self.shown_by_source, other.shown_by_source),
+            (self.full_by_source, other.full_by_source),
+            (self.chars_by_source, other.chars_by_source),
+        ):
+            for source, count in theirs.items():
+                mine[source] = mine.get(source, 0) + count
 
     def summary(self) -> dict:
         """What users feel first: characters saved and full accepts; the old any-accept rate last."""
@@ -112,6 +123,9 @@ class ReplayStats:
             "latency_p50_ms": _percentile(lat, 0.50),
             "latency_p95_ms": _percentile(lat, 0.95),
             "rank_p50_ms": _percentile(sorted(self.rank_ms), 0.50),
+            "shown_by_source": dict(sorted(self.shown_by_source.items())),
+            "full_accepts_by_source": dict(sorted(self.full_by_source.items())),
+            "chars_inserted_by_source": dict(sorted(self.chars_by_source.items())),
             "model_version": ",".join(sorted(self.model_versions)) or None,
             "ranker": ",".join(sorted(self.rankers)) or None,
         }
@@ -235,6 +249,7 @@ def _ask(truth: str, editor: Editor, doc: _Document, config: ReplayConfig, stats
     if suggestion.ranker:
         stats.rankers.add(suggestion.ranker)
     stats.shown += 1
+    _count(stats.shown_by_source, suggestion.source, 1)
     stats.exact += exact_match(suggestion.text, truth)
     stats.any_take += any_take(suggestion.text, truth)
     taken = accepted_length(suggestion.text, truth, config.partial_accept)
@@ -248,7 +263,13 @@ def _ask(truth: str, editor: Editor, doc: _Document, config: ReplayConfig, stats
     stats.full += taken == len(suggestion.text)
     stats.partial += taken < len(suggestion.text)
     stats.chars_inserted += taken
+    _count(stats.full_by_source, suggestion.source, int(taken == len(suggestion.text)))
+    _count(stats.chars_by_source, suggestion.source, taken)
     return taken
+
+
+def _count(counts: dict[str, int], source: str, n: int) -> None:
+    counts[source] = counts.get(source, 0) + n
 
 
 def accepted_length(suggestion: str, truth: str, partial: bool) -> int:

@@ -81,28 +81,44 @@ def run_replay(
     root: str = "",
     console: Console | None = None,
     ranker: str | None = None,
+    context: Literal["none", "repo"] = "none",
 ) -> dict:
     """Replay ``tasks`` through ``via``; the report :func:`report_dict` builds.
 
     ``ranker`` ("value" or "logprob") ranks every suggestion that way: over HTTP each request asks
     for it; over the LSP the replay's own server ranks that way (so it needs no ``server``).
+    ``context="repo"`` lets the server read the replayed ``root`` (its other files, never the one
+    being typed) over HTTP, and has the LSP index its workspace folder; "none" sends no context.
     """
+    if context == "repo" and not root:
+        raise BadRequestError("--context repo needs the replayed directory")
+    if context == "repo" and not server:
+        settings = settings.model_copy(update={"context_roots": [Path(root)], "lsp_context": True})
+    elif context == "none":
+        settings = settings.model_copy(update={"lsp_context": False})
     if ranker is not None and via == "lsp":
         if server:
             raise BadRequestError("--ranker with --via lsp needs the replay's own server: omit --server")
         settings = settings.model_copy(update={"ranker": ranker})
     with server_client(settings, server, token) as client:
         version = model_version_of(client)
-        key = run_key(config.seed, version, split, root, ranker)
+        key = run_key(config.seed, version, split, root, ranker, context)
         if via == "lsp":
             from editloop.eval.replay_lsp import lsp_editor
 
-            with lsp_editor(client, settings, key, project) as editor:
+            with lsp_editor(client, settings, key, project, root if context == "repo" else None) as editor:
                 stats = _with_progress(tasks, editor, config, console)
         else:
-            http = HttpEditor(client, key, project=project, candidates=settings.lsp_candidates, ranker=ranker)
+            http = HttpEditor(
+                client,
+                key,
+                project=project,
+                candidates=settings.lsp_candidates,
+                ranker=ranker,
+                project_root=root if context == "repo" else None,
+            )
             stats = _with_progress(tasks, http, config, console)
-    return report_dict(stats, config, via, split)
+    return {**report_dict(stats, config, via, split), "context": context}
 
 
 def _with_progress(tasks, editor, config: ReplayConfig, console: Console | None) -> ReplayStats:
@@ -127,6 +143,9 @@ def replay_command(
     ranker: Annotated[
         str | None, typer.Option(help="rank with logprob or value (an A/B on the same version and files)")
     ] = None,
+    context: Annotated[
+        str, typer.Option(help="none, or repo: context and copies from the replayed directory's other files")
+    ] = "none",
     max_requests: Annotated[int | None, typer.Option(help="stop asking after this many requests")] = None,
     max_requests_per_file: Annotated[
         int | None, typer.Option(help="ask at most this often per file (a sampled replay)")
@@ -139,6 +158,8 @@ def replay_command(
         raise BadRequestError(f"--via must be http or lsp, not {via!r}")
     if ranker not in (None, "logprob", "value"):
         raise BadRequestError(f"--ranker must be logprob or value, not {ranker!r}")
+    if context not in ("none", "repo"):
+        raise BadRequestError(f"--context must be none or repo, not {context!r}")
     which = SPLITS.get(split)
     if which is None:
         raise BadRequestError(f"--split must be train, heldout or all, not {split!r}")
@@ -158,8 +179,9 @@ def replay_command(
         project=project,
         server=server,
         token=token,
-        root=str(path.resolve()),
+        root=str(path.resolve() if path.is_dir() else path.resolve().parent),
         ranker=ranker,
+        context="repo" if context == "repo" else "none",
     )
     if as_json:
         typer.echo(json.dumps(report, indent=2))

@@ -50,6 +50,7 @@ class HttpEditor:
     horizons: tuple[float, ...] = (30.0, 120.0, 600.0)
     candidates: int = 3
     ranker: str | None = None  # rank with this ("value", "logprob"); None: the server's choice
+    project_root: str | None = None  # the server gathers context from this project (--context repo)
     doc: str = ""
     cursor: int = 0
     clock: float = 0.0
@@ -90,15 +91,24 @@ class HttpEditor:
         }
         if self.ranker:
             body["ranker"] = self.ranker
+        if self.project_root:
+            body["project_root"] = self.project_root
         reply = self.client.post("/complete", json=body)
         if reply.status_code != 200:
             raise BackendError(f"/complete answered {reply.status_code}: {reply.text[:200]}")
         data = reply.json()
-        text = data["choices"][0]["text"] if data["choices"] and not data["abstained"] else ""
+        top = data["choices"][0] if data["choices"] and not data["abstained"] else {}
+        text = top.get("text", "")
         latency = float(data.get("timings", {}).get("total_ms", 0.0))
         rank_ms = data.get("timings", {}).get("rank_ms")
         suggestion = Suggestion(
-            data["id"], text, latency, data["model_version"], data.get("ranker", ""), rank_ms
+            data["id"],
+            text,
+            latency,
+            data["model_version"],
+            data.get("ranker", ""),
+            rank_ms,
+            top.get("source", "model"),
         )
         if text:
             self._shown = (suggestion, self.cursor)
@@ -192,7 +202,11 @@ class HttpEditor:
         )
 
 
-def run_key(seed: int, model_version: str, split: str, root: str, ranker: str | None = None) -> str:
-    """Event ids of one replay: the same run (seed, model, split, code, ranker) sends the same ids."""
+def run_key(
+    seed: int, model_version: str, split: str, root: str, ranker: str | None = None, context: str = "none"
+) -> str:
+    """Event ids of one replay: the same run (seed, model, split, code, ranker, context) sends the same
+    ids."""
     run = f"{seed}|{model_version}|{split}|{root}" + (f"|{ranker}" if ranker else "")
+    run += f"|context={context}" if context != "none" else ""
     return "replay-" + hashlib.sha256(run.encode()).hexdigest()[:12]

@@ -62,13 +62,15 @@ def _position(text: str, offset: int) -> types.Position:
 
 
 class LspEditor:
-    def __init__(self, loop: _Loop, client: LanguageClient, model_version: str) -> None:
-        self.loop, self.client, self.model_version = loop, client, model_version
+    def __init__(
+        self, loop: _Loop, client: LanguageClient, model_version: str, root_uri: str = ROOT_URI
+    ) -> None:
+        self.loop, self.client, self.model_version, self.root_uri = loop, client, model_version, root_uri
         self.doc, self.cursor, self.version, self.uri = "", 0, 0, ""
         self._item: types.InlineCompletionItem | None = None
 
     def open(self, task: TypingTask) -> None:
-        self.uri = f"{ROOT_URI}/{task.path.split('@')[0]}"
+        self.uri = f"{self.root_uri}/{task.path.split('@')[0]}"
         self.doc, self.cursor, self.version = task.before, 0, 1
         item = types.TextDocumentItem(uri=self.uri, language_id=task.language, version=1, text=task.before)
         self.loop.call(
@@ -134,8 +136,14 @@ class LspEditor:
 
 
 @contextmanager
-def lsp_editor(client: httpx.Client, settings: Settings, run_key: str, project: str) -> Iterator[LspEditor]:
-    """``editloop lsp --server`` (the server ``client`` talks to) as a subprocess, initialized."""
+def lsp_editor(
+    client: httpx.Client, settings: Settings, run_key: str, project: str, root: str | None = None
+) -> Iterator[LspEditor]:
+    """``editloop lsp --server`` (the server ``client`` talks to) as a subprocess, initialized.
+
+    With ``root`` the documents live in that workspace folder, which the LSP indexes for context.
+    """
+    root_uri = Path(root).as_uri() if root else ROOT_URI
     version = client.get("/health").json()["model"]["version"]
     token = client.headers.get("Authorization", "").removeprefix("Bearer ") or None
     args = ["-m", "editloop", "lsp", "--server", str(client.base_url)] + (["--token", token] if token else [])
@@ -157,11 +165,11 @@ def lsp_editor(client: httpx.Client, settings: Settings, run_key: str, project: 
             )
         )
         init = types.InitializeParams(
-            capabilities=capabilities, root_uri=ROOT_URI, initialization_options=options
+            capabilities=capabilities, root_uri=root_uri, initialization_options=options
         )
         loop.run(lsp.initialize_async(init))
         loop.call(lsp.initialized, types.InitializedParams())
-        yield LspEditor(loop, lsp, version)
+        yield LspEditor(loop, lsp, version, root_uri)
         loop.run(lsp.shutdown_async(None))
         loop.call(lsp.exit, None)
     except (OSError, TimeoutError) as exc:
@@ -176,4 +184,8 @@ def lsp_editor(client: httpx.Client, settings: Settings, run_key: str, project: 
 def _env(settings: Settings) -> dict[str, str]:
     import os
 
-    return {**os.environ, "EDITLOOP_HOME": str(Path(settings.home))}
+    return {
+        **os.environ,
+        "EDITLOOP_HOME": str(Path(settings.home)),
+        "EDITLOOP_LSP_CONTEXT": "true" if settings.lsp_context else "false",
+    }

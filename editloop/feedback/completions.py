@@ -8,8 +8,8 @@ Candidate ``index`` i is ``result.choices[i]`` (the ``choice`` later events name
 candidates follow, kept-but-not-returned first, then dropped ones with the reason.
 """
 
-from editloop.completion.types import CandidateReport, CompletionRequest, CompletionResult
-from editloop.feedback.events import TEXT_LIMIT, Candidate, CompletionEvent
+from editloop.completion.types import CandidateReport, CompletionRequest, CompletionResult, Snippet
+from editloop.feedback.events import TEXT_LIMIT, Candidate, CompletionEvent, ContextSnippet, content_hash
 
 MAX_CANDIDATES = 32
 
@@ -49,6 +49,7 @@ def completion_event(
         ranker=result.ranker,
         mode=result.mode,
         candidates=candidates[:MAX_CANDIDATES],
+        context=[_snippet(s) for s in result.context[:MAX_CANDIDATES]],
         abstained=result.abstained,
         latency_ms=latency_ms if latency_ms is not None else result.timings.get("total_ms"),
         source=source,
@@ -67,4 +68,14 @@ def _candidate(
         dropped=report.dropped if report else None,
         logprobs=report.logprobs[:1024] if report else None,
         parse_valid=report.parse_valid if report else None,
+        source=report.source if report else "model",
+    )
+
+
+def _snippet(snippet: Snippet) -> ContextSnippet:
+    return ContextSnippet(
+        filepath=snippet.filepath,
+        text=snippet.text[:TEXT_LIMIT],
+        text_hash=content_hash(snippet.text),
+        score=snippet.score,
     )

@@ -69,6 +69,26 @@ class Candidate(BaseModel):
         default=None, max_length=1024, description="Token log-probabilities of its text (value-model input)."
     )
     parse_valid: bool | None = Field(default=None, description="Parses with the context; None: unknown.")
+    source: Literal["model", "codebase"] = Field(
+        default="model", description="Who proposed it: the model, or a continuation copied from the codebase."
+    )
+
+
+def content_hash(text: str) -> str:
+    """A context snippet's hash as recorded (code-free mode replaces it by a keyed one)."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+class ContextSnippet(BaseModel):
+    """A snippet from another file that was in the completion's prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filepath: str | None = Field(default=None, max_length=1024, description="Unset in private-path mode.")
+    filepath_hash: str | None = Field(default=None, max_length=64)
+    text: str = Field(default="", max_length=TEXT_LIMIT, description="Empty in code-free mode.")
+    text_hash: str = Field(max_length=64, description="Content hash; keyed in code-free mode.")
+    score: float | None = None
 
 
 class CompletionEvent(EventBase):
@@ -86,6 +106,7 @@ class CompletionEvent(EventBase):
     ranker: str | None = Field(default=None, max_length=32, description="What ranked the candidates.")
     mode: Literal["line", "block"] | None = None
     candidates: list[Candidate] = Field(default=[], max_length=32)
+    context: list[ContextSnippet] = Field(default=[], max_length=32, description="Other files in the prompt.")
     abstained: bool = False
     latency_ms: float | None = Field(default=None, ge=0)
     source: str | None = Field(default=None, max_length=32, description="complete, infill, lsp, replay, ...")

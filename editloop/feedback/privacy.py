@@ -54,6 +54,7 @@ from detect_secrets.plugins.twilio import TwilioKeyDetector
 from editloop.feedback.events import (
     Candidate,
     CompletionEvent,
+    ContextSnippet,
     EditedEvent,
     FeedbackEvent,
     RetainedEvent,
@@ -432,6 +433,8 @@ class Privacy:
     def _completion(self, event: CompletionEvent) -> CompletionEvent:
         update: dict = {}
         n_path = 0
+        if event.context:
+            update["context"] = [self._context(s) for s in event.context]
         if self.private_paths and event.filepath:
             update |= {"filepath": None, "filepath_hash": path_hash(event.filepath)}
         elif event.filepath:
@@ -464,6 +467,19 @@ class Privacy:
                 "redacted": event.redacted + n_path + found,
             }
         return event.model_copy(update=update) if update else event
+
+    def _context(self, snippet: ContextSnippet) -> ContextSnippet:
+        """Paths and code-free mode apply to the prompt's other files as to the completion's own."""
+        update: dict = {}
+        if self.private_paths and snippet.filepath:
+            update |= {"filepath": None, "filepath_hash": path_hash(snippet.filepath)}
+        elif snippet.filepath:
+            update["filepath"] = redact_path(snippet.filepath)[0]
+        if self.code_free:
+            update |= {"text": "", "text_hash": self.text_hash(snippet.text)}
+        else:
+            update["text"] = redact(snippet.text)[0]
+        return snippet.model_copy(update=update)
 
     def _hashed(self, candidate: Candidate) -> Candidate:
         return candidate.model_copy(

@@ -17,7 +17,8 @@ import httpx
 
 from editloop.clients import bearer
 from editloop.completion.builder import build_engine, build_models
-from editloop.completion.types import CompletionRequest, CompletionResult
+from editloop.completion.context.workspace import Workspace
+from editloop.completion.types import MAX_EXTRA, CompletionRequest, CompletionResult
 from editloop.errors import BackendError, ModelError
 from editloop.settings import Settings
 
@@ -27,8 +28,13 @@ log = logging.getLogger(__name__)
 class Completer(Protocol):
     records_completions: bool  # True: the far side stores the `completion` event itself
 
-    async def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:
-        """Ranked candidates; setting ``cancel`` stops the decode (the result then comes back early)."""
+    async def complete(
+        self, request: CompletionRequest, cancel: threading.Event, workspace: Workspace | None = None
+    ) -> CompletionResult:
+        """Ranked candidates; setting ``cancel`` stops the decode (the result then comes back early).
+
+        ``workspace``: the editor's project, whose context joins the request.
+        """
         ...
 
     async def close(self) -> None: ...
@@ -53,7 +59,9 @@ class LocalCompleter:
             loop = asyncio.get_running_loop()
             self._ready = loop.run_in_executor(self._pool, self.models.start, self.settings.registry_poll_s)
 
-    async def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:
+    async def complete(
+        self, request: CompletionRequest, cancel: threading.Event, workspace: Workspace | None = None
+    ) -> CompletionResult:
         self.start()
         assert self._ready is not None
         await asyncio.shield(self._ready)
@@ -64,7 +72,8 @@ class LocalCompleter:
             update={"time_budget_ms": min(request.time_budget_ms or budget_ms, budget_ms)}
         )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.engine.complete, request, cancel)
+        # The engine gathers the workspace's snippets and proposes its codebase continuations.
+        return await loop.run_in_executor(self._pool, self.engine.complete, request, cancel, workspace)
 
     async def close(self) -> None:
         if self._ready is not None:
@@ -83,7 +92,14 @@ class RemoteCompleter:
         self.url = url.rstrip("/")
         self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout_s)
 
-    async def complete(self, request: CompletionRequest, cancel: threading.Event) -> CompletionResult:
+    async def complete(
+        self, request: CompletionRequest, cancel: threading.Event, workspace: Workspace | None = None
+    ) -> CompletionResult:
+        if workspace is not None:  # the server may not read this machine's files: they go as `extra`
+            gathered = await asyncio.to_thread(
+                workspace.gather, request.filepath, request.prefix, request.suffix
+            )
+            request = request.model_copy(update={"extra": [*request.extra, *gathered][:MAX_EXTRA]})
         try:
             reply = await self.http.post("/complete", json=request.model_dump(exclude_none=True))
         except httpx.HTTPError as exc:

@@ -32,6 +32,7 @@ SETTINGS = (
     "retention_horizons_s",
     "edit_settle_s",
     "telemetry",
+    "context",
 )
 # `lsp_<name>` settings of the process alone, never an editor option: a client must not lift the
 # bound on the frames it sends.
@@ -63,6 +64,7 @@ class LspConfig(BaseModel):
     retention_horizons_s: list[float] = _setting("lsp_retention_horizons_s")
     edit_settle_s: float = _setting("lsp_edit_settle_s")
     telemetry: bool = _setting("lsp_telemetry")
+    context: bool = _setting("lsp_context")  # read at initialize: the workspace folders are indexed then
     user: str = Field(default_factory=_safe_user, min_length=1, max_length=128)
     project: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\-]+$", max_length=128)
 

@@ -29,13 +29,15 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from editloop import __version__
+from editloop.completion.builder import context_limits
+from editloop.completion.context.workspace import Workspace
 from editloop.errors import BadRequestError, EditloopError, quoted
 from editloop.feedback.spool import Spool
 from editloop.lsp.completer import Completer, LocalCompleter, RemoteCompleter
 from editloop.lsp.config import LspConfig, project_name
 from editloop.lsp.document import Change, Encoding, code_points
 from editloop.lsp.framing import FrameReader
-from editloop.lsp.session import Offered, Session
+from editloop.lsp.session import Offered, Session, file_path
 from editloop.lsp.sinks import EventPump, HttpSink
 from editloop.settings import Settings
 
@@ -183,6 +185,16 @@ def initialize(ls: EditloopServer, params: types.InitializeParams) -> None:
     )
     ls.session.encoding = negotiated_encoding(params.capabilities)
     ls.session.root = params.root_uri
+    if config.context:
+        ls.session.watch(workspaces(ls.settings, params))
+
+
+def workspaces(settings: Settings, params: types.InitializeParams) -> list[Workspace]:
+    """One context workspace per workspace folder (or the root), each a local directory."""
+    uris = [f.uri for f in params.workspace_folders or []] or [params.root_uri]
+    paths = [file_path(uri) for uri in uris]
+    limits = context_limits(settings)
+    return [Workspace(path, limits) for path in dict.fromkeys(paths) if path is not None and path.is_dir()]
 
 
 def negotiated_encoding(capabilities: types.ClientCapabilities) -> Encoding:
@@ -264,6 +276,10 @@ def did_change(ls: EditloopServer, params: types.DidChangeTextDocumentParams) ->
         else:
             changes.append((None, None, change.text))
     _session(ls).change(params.text_document.uri, params.text_document.version, changes)
+
+
+def did_save(ls: EditloopServer, params: types.DidSaveTextDocumentParams) -> None:
+    _session(ls).save(params.text_document.uri)
 
 
 def did_close(ls: EditloopServer, params: types.DidCloseTextDocumentParams) -> None:
@@ -436,6 +452,7 @@ def build_server(
         (types.WORKSPACE_DID_CHANGE_CONFIGURATION, did_change_configuration, None),
         (types.TEXT_DOCUMENT_DID_OPEN, did_open, None),
         (types.TEXT_DOCUMENT_DID_CHANGE, did_change, None),
+        (types.TEXT_DOCUMENT_DID_SAVE, did_save, None),
         (types.TEXT_DOCUMENT_DID_CLOSE, did_close, None),
         (types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_completion, types.InlineCompletionOptions()),
         (types.TEXT_DOCUMENT_COMPLETION, completion, types.CompletionOptions()),

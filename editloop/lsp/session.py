@@ -17,9 +17,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
+from editloop.completion.context.workspace import Workspace
 from editloop.completion.types import Choice, CompletionRequest, CompletionResult, plain_language
 from editloop.feedback.completions import completion_event
 from editloop.feedback.events import FeedbackEvent
@@ -95,11 +96,55 @@ class Session:
         self.tracker = EditTracker(config.retention_horizons_s, config.edit_settle_s)
         self.inflight: dict[str, Ticket] = {}
         self.id = uuid.uuid4().hex[:12]  # server-side latest-wins key: this session's documents only
+        self.workspaces: list[Workspace] = []  # one per workspace folder, when context is on
+        self._indexing: set[asyncio.Future] = set()
+
+    # Context from the workspace folders, gathered off the event loop
+
+    def watch(self, workspaces: list[Workspace]) -> None:
+        """Index these folders in the background; completions use what is indexed so far."""
+        self.workspaces = workspaces
+        for workspace in workspaces:
+            self._background(lambda w=workspace: w.refresh(force=True))
+
+    def workspace_of(self, uri: str) -> Workspace | None:
+        path = file_path(uri)
+        if path is None:
+            return None
+        return next((w for w in self.workspaces if w.index.relative(path) is not None), None)
+
+    def _visited(self, doc: Document, offset: int, edited: bool) -> None:
+        workspace, path = self.workspace_of(doc.uri), file_path(doc.uri)
+        if workspace is None or path is None:
+            return
+        text, line = doc.text, doc.text.count("\n", 0, offset)
+        self._background(lambda: workspace.visited(path, text, line, edited=edited))
+
+    def _background(self, work: Callable[[], object]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no editor loop (a test driving the session directly): now
+            work()
+            return
+        future = loop.run_in_executor(None, work)
+        self._indexing.add(future)
+        future.add_done_callback(self._indexed)
+
+    def _indexed(self, future: asyncio.Future) -> None:
+        self._indexing.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            self.warn(f"context: indexing failed: {future.exception()!r}")
 
     # Documents
 
     def open(self, uri: str, language_id: str, version: int, text: str) -> None:
-        self.documents[uri] = Document(uri, language_id, version, text, self.encoding)
+        self.documents[uri] = doc = Document(uri, language_id, version, text, self.encoding)
+        self._visited(doc, 0, edited=True)  # the buffer, not the disk, is what the user sees
+
+    def save(self, uri: str) -> None:
+        doc = self.documents.get(uri)
+        if doc is not None:
+            self._visited(doc, 0, edited=True)
 
     def change(self, uri: str, version: int, changes: list[Change]) -> None:
         doc = self.documents.get(uri)
@@ -108,6 +153,8 @@ class Session:
             return
         edits = doc.apply(version, changes)
         self.report(self.tracker.edit(doc, edits, self.clock()))
+        if edits:  # the ring takes the edited chunk now; the index the whole buffer on save
+            self._visited(doc, edits[-1].start, edited=False)
 
     def close(self, uri: str) -> None:
         doc = self.documents.pop(uri, None)
@@ -135,8 +182,9 @@ class Session:
             if self._stale(ticket, doc, version):
                 return None
             offset = doc.offset_at(*position)
-            request = self._request(doc, offset)
-            result = await self.completer.complete(request, ticket.cancel)
+            workspace = self.workspace_of(uri)
+            request = self._request(doc, offset, workspace)
+            result = await self.completer.complete(request, ticket.cancel, workspace)
             if self._stale(ticket, doc, version):
                 return None
             return self._offer(doc, request, offset, result, automatic)
@@ -163,13 +211,15 @@ class Session:
         self.report(self.tracker.offer(doc, result.id, [c.text for c in choices], result.mode, offset))
         return Offered(result.id, choices, doc.position_at(offset), result)
 
-    def _request(self, doc: Document, offset: int) -> CompletionRequest:
+    def _request(self, doc: Document, offset: int, workspace: Workspace | None = None) -> CompletionRequest:
         begin, end = context_window(doc.text, offset)
+        path = file_path(doc.uri)
+        in_workspace = workspace.index.relative(path) if workspace is not None and path else None
         return CompletionRequest(
             prefix=doc.text[begin:offset],
             suffix=doc.text[offset:end],
             language=plain_language(doc.language_id),
-            filepath=self.relative_path(doc.uri),
+            filepath=in_workspace or self.relative_path(doc.uri),
             mode="auto",
             n=self.config.candidates,
             document_id=f"{self.id}:{doc.uri}",
@@ -218,6 +268,7 @@ class Session:
         self.pump.put([e.model_copy(update=origin) for e in events])
 
     def relative_path(self, uri: str) -> str | None:
+        """The document's path relative to the session's root (absolute outside it)."""
         parsed = urlparse(uri)
         if parsed.scheme != "file":
             return None
@@ -226,3 +277,11 @@ class Session:
         if root is not None and path.is_relative_to(root):
             return str(path.relative_to(root))
         return str(path)
+
+
+def file_path(uri: str | None) -> Path | None:
+    """The local path of a ``file://`` URI, else None."""
+    if not uri:
+        return None
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None

@@ -16,13 +16,14 @@ import dataclasses
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from tree_sitter import Node, Parser
 
+from editloop.completion.context.workspace import Workspace
 from editloop.completion.syntax import load_grammar
 from editloop.corpus import SourceFile, heldout_bucket, read_files
 from editloop.errors import ModelError, TrainingDataError
@@ -56,6 +57,9 @@ class ColdStartOptions:
     heldout_fraction: float = 0.1
     heldout_samples: int = 64
     seed: int = 0
+    # Share of samples whose prompt carries the repository's context (definitions, similar code
+    # from other files) as the server gathers it: the model learns to use it, and to do without.
+    context_share: float = 0.5
     sft: SftConfig = field(default_factory=SftConfig)
     publish: bool = False
     activate: bool = False
@@ -73,6 +77,7 @@ class ColdStartReport:
     heldout_loss_after: float | None
     seconds: float
     published: str | None = None
+    context_samples: int = 0  # training samples whose prompt carries repository context
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "sft": self.sft.to_dict()}
@@ -195,6 +200,23 @@ def extract_samples(
     return samples
 
 
+def with_repo_context(
+    samples: list[FimExample], files: list[SourceFile], share: float, seed: int
+) -> list[FimExample]:
+    """``share`` of the samples (drawn by ``seed``) with the snippets the server would gather from
+    the other files of their repository: repository-level samples, at the cost of one index."""
+    if share <= 0 or not samples:
+        return samples
+    workspace = Workspace.in_memory([(f.path.split("/", 1)[-1], f.text) for f in files], "cold-start")
+    rng = random.Random(f"{seed}:context")
+    return [
+        replace(s, extra=tuple(workspace.gather(s.filepath, s.prefix, s.suffix)))
+        if rng.random() < share
+        else s
+        for s in samples
+    ]
+
+
 def split_files(
     files: list[SourceFile], heldout_fraction: float
 ) -> tuple[list[SourceFile], list[SourceFile]]:
@@ -234,6 +256,9 @@ def cold_start(
     train_files, heldout_files = split_files(files, options.heldout_fraction)
     train = extract_samples(train_files, options.max_samples, options.per_file, options.seed)
     heldout = extract_samples(heldout_files, options.heldout_samples, options.per_file, options.seed)
+    train, heldout = (
+        with_repo_context(s, files, options.context_share, options.seed) for s in (train, heldout)
+    )
     if not train:
         raise TrainingDataError(f"no completable spans found in {len(files)} file(s) of {options.repo}")
     console.print(f"cold start: {len(files)} files, {len(train)} train and {len(heldout)} held-out samples")
@@ -251,6 +276,7 @@ def cold_start(
         heldout_loss_before=loss_before,
         heldout_loss_after=loss_after,
         seconds=0.0,
+        context_samples=sum(bool(s.extra) for s in train),
     )
     if options.publish:
         report.published = _publish(settings, version, sft, options, report).name

@@ -60,6 +60,9 @@ class Sample:
     timestamp: float
     model_version: str = ""
     shown_text: str = ""  # what the model had suggested there (empty: nothing shown)
+    # The other files' snippets that were in the prompt ({filepath, text, score}): the model is
+    # trained on the prompt it was served. Code-free events keep no text, so none come from them.
+    extra: tuple[dict, ...] = ()
 
     def key(self) -> str:
         raw = f"{self.filepath}\0{self.prefix[-500:]}\0{self.suffix[:200]}\0{self.reference}"
@@ -161,9 +164,18 @@ def _samples(stories: dict[str, _Story], config: DatasetConfig) -> list[Sample]:
                     timestamp=completion.timestamp.timestamp(),
                     model_version=completion.model_version,
                     shown_text=_candidate_text(completion, choice),
+                    extra=_extra(completion),
                 )
             )
     return samples
+
+
+def _extra(completion: CompletionEvent) -> tuple[dict, ...]:
+    return tuple(
+        {"filepath": s.filepath or s.filepath_hash or "", "text": s.text, "score": s.score}
+        for s in completion.context
+        if s.text
+    )
 
 
 def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
@@ -173,7 +185,9 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
         if completion is None:
             continue
         # As the engine's ranker saw them: every candidate not dropped as broken, duplicates included.
-        samples = tuple(c.text for c in completion.candidates if c.dropped in (None, "duplicate"))
+        samples = tuple(
+            c.text for c in completion.candidates if c.dropped in (None, "duplicate") and c.source == "model"
+        )
         for candidate in completion.candidates:
             if candidate.index not in story.shown or not candidate.text:
                 continue
@@ -186,6 +200,7 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
                 candidate.parse_valid,
                 candidate.score,
                 others=others_of(candidate.text, samples),
+                source=candidate.source,
             )
             rows.append(
                 ValueRow(

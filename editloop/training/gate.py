@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from editloop.completion.engine import CompletionEngine
 from editloop.completion.served import ServedModel
-from editloop.completion.types import CompletionRequest
+from editloop.completion.types import CompletionRequest, Snippet
 from editloop.completion.value import ValueInput, ValueModel
 from editloop.eval.engine import engine_for
 from editloop.metrics import edit_similarity, exact_match
@@ -59,6 +59,7 @@ def feedback_scores(
             suffix=sample.suffix,
             language=sample.language,
             filepath=sample.filepath,
+            extra=[Snippet.model_validate(e) for e in sample.extra],
             n=1,
         )
         result = engine.complete(request)

@@ -33,6 +33,11 @@ class InfillRequest(BaseModel):
     temperature: float = Field(default=0.0, ge=0, le=2)
     seed: int | None = None
     response_fields: list[str] | None = None
+    project_root: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="editloop: gather context from this project (see /complete).",
+    )
 
 
 def _to_request(body: InfillRequest) -> CompletionRequest:
@@ -48,6 +53,7 @@ def _to_request(body: InfillRequest) -> CompletionRequest:
         time_budget_ms=min(body.t_max_predict_ms, MAX_BUDGET_MS) if body.t_max_predict_ms else None,
         temperature=body.temperature,
         seed=body.seed or 0,
+        project_root=body.project_root,
     )
 
 

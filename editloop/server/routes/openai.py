@@ -28,6 +28,11 @@ class OpenAICompletionRequest(BaseModel):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     stream: bool = False
     seed: int | None = None
+    project_root: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="editloop: gather context from this project (see /complete).",
+    )
 
 
 def _prompt(body: OpenAICompletionRequest) -> str:
@@ -95,6 +100,7 @@ async def completions(body: OpenAICompletionRequest, request: Request):
         prefix=_prompt(body),
         suffix=body.suffix or "",
         mode="auto",
+        project_root=body.project_root,
         n=body.n,
         max_tokens=body.max_tokens,
         temperature=body.temperature,

@@ -32,6 +32,11 @@ class Segments(BaseModel):
     declarations: list[TabbySnippet] | None = None
     relevant_snippets_from_changed_files: list[TabbySnippet] | None = None
     relevant_snippets_from_recently_opened_files: list[TabbySnippet] | None = None
+    project_root: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="editloop: gather context from this project (see /complete).",
+    )
 
 
 class TabbyCompletionRequest(BaseModel):
@@ -63,6 +68,7 @@ async def completions(body: TabbyCompletionRequest, request: Request) -> dict:
         language=language,
         filepath=body.segments.filepath,
         extra=_snippets(body.segments),
+        project_root=body.segments.project_root,
         mode="auto",
         temperature=body.temperature if body.temperature is not None else 0.7,
         seed=body.seed or 0,
