@@ -10,6 +10,7 @@ from editloop.completion.cache import CompletionCache
 from editloop.completion.context.workspace import ContextLimits, ContextService
 from editloop.completion.engine import CompletionEngine, EngineConfig
 from editloop.completion.served import ServedModel, load_served, validate_served
+from editloop.errors import ModelError
 from editloop.models.backend import Backend
 from editloop.models.manager import ModelManager
 from editloop.models.registry import ModelVersion, Registry
@@ -23,10 +24,13 @@ def backend_factory(settings: Settings) -> Callable[[ModelVersion], Backend]:
         if settings.backend == "remote":
             from editloop.models.remote import RemoteBackend
 
+            tokenizer = version.tokenizer_path()
+            if tokenizer is None:  # the server builds FIM prompts itself: it needs the tokens
+                raise ModelError(f"{version.name} has no tokenizer file: a remote backend needs one")
             return RemoteBackend(
                 settings.remote_url or "",
                 settings.remote_model,
-                version.tokenizer_path(),
+                tokenizer,
                 version.manifest.fim,
                 version.name,
                 n_ctx=_context_length(version),
@@ -89,7 +93,9 @@ def build_models(settings: Settings) -> ModelManager[ServedModel]:
 
 
 def build_engine(settings: Settings, models: ModelManager[ServedModel]) -> CompletionEngine:
-    cache = CompletionCache(settings.cache_entries, settings.cache_ttl_s) if settings.cache_entries else None
+    cache: CompletionCache | None = (
+        CompletionCache(settings.cache_entries, settings.cache_ttl_s) if settings.cache_entries else None
+    )
     config = EngineConfig(
         default_max_tokens=settings.default_max_tokens,
         max_candidates=settings.max_candidates,

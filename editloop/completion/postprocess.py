@@ -114,8 +114,10 @@ def resolve_mode(mode: str, prefix: str, suffix: str, language: str) -> Literal[
 
 
 def _resolve(mode: str, cursor: _Cursor) -> Literal["line", "block"]:
-    if mode == "line" or mode == "block":
-        return mode
+    if mode == "line":
+        return "line"
+    if mode == "block":
+        return "block"
     if mode != "auto":
         raise ValueError(f"mode must be line, block or auto, not {mode!r}")
     lang = cursor.language

@@ -18,11 +18,11 @@ gives up at most one step of its share for that.
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from editloop.completion.types import Snippet
 from editloop.errors import BadRequestError, ModelError
-from editloop.models.backend import Backend
-from editloop.models.fim import ordered
+from editloop.models.fim import FimTemplate, ordered
 
 SUFFIX_SHARE, EXTRA_SHARE = 0.2, 0.25
 CHARS_PER_TOKEN_MAX = 8  # pre-trim text before tokenizing: no token is longer than this on average
@@ -30,6 +30,19 @@ CHARS_PER_TOKEN = 4  # a typical code token, to size the window's grid in charac
 WINDOW_STEPS = 16
 SPECIAL_MARGIN = 8
 MIN_PROMPT_TOKENS = 16
+
+
+class PromptModel(Protocol):
+    """What building a prompt needs of a model: a backend has it, and so does a bare tokenizer
+    (training builds the serving prompt without loading the model)."""
+
+    version: str
+    fim: FimTemplate
+    n_ctx: int
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def special_id(self, token: str) -> int | None: ...
 
 
 @dataclass
@@ -43,7 +56,7 @@ class Prompt:
 
 
 def build_prompt(
-    backend: Backend,
+    backend: PromptModel,
     prefix: str,
     suffix: str,
     extra: list[Snippet],
@@ -76,7 +89,7 @@ def build_prompt(
     return Prompt(ids, len(prefix_ids), len(suffix_ids), len(extra_ids), truncated, used)
 
 
-def _tail(backend: Backend, text: str, limit: int, step: int) -> tuple[list[int], bool]:
+def _tail(backend: PromptModel, text: str, limit: int, step: int) -> tuple[list[int], bool]:
     """The end of ``text`` in at most ``limit`` tokens, cut at a line start after a multiple of
     ``step`` characters; and whether anything was cut."""
     if not text or limit <= 0:
@@ -97,14 +110,14 @@ def _tail(backend: Backend, text: str, limit: int, step: int) -> tuple[list[int]
     return ids[len(ids) - limit :], True
 
 
-def _head(backend: Backend, text: str, limit: int) -> list[int]:
+def _head(backend: PromptModel, text: str, limit: int) -> list[int]:
     if not text or limit <= 0:
         return []
     return backend.tokenize(text[: limit * CHARS_PER_TOKEN_MAX])[:limit]
 
 
 def _extra(
-    backend: Backend, snippets: list[Snippet], filepath: str | None, sep_id: int, limit: int
+    backend: PromptModel, snippets: list[Snippet], filepath: str | None, sep_id: int, limit: int
 ) -> tuple[list[int], list[int]]:
     """Other files by score (a client's unscored snippets first, in its order), whole where they
     fit, then the current file's header; and the indices of the snippets that went in.

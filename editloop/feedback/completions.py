@@ -8,6 +8,8 @@ Candidate ``index`` i is ``result.choices[i]`` (the ``choice`` later events name
 candidates follow, kept-but-not-returned first, then dropped ones with the reason.
 """
 
+from typing import Any
+
 from editloop.completion.types import CandidateReport, CompletionRequest, CompletionResult, Snippet
 from editloop.feedback.events import TEXT_LIMIT, Candidate, CompletionEvent, ContextSnippet, content_hash
 
@@ -37,7 +39,7 @@ def completion_event(
     candidates += [
         _candidate(len(candidates) + i, r.text, r.score, r, shown=False) for i, r in enumerate(rest)
     ]
-    origin = {k: v for k, v in {"user": user, "project": project}.items() if v}
+    origin: dict[str, Any] = {k: v for k, v in {"user": user, "project": project}.items() if v}
     return CompletionEvent(
         event_id=f"{result.id}.completion",
         completion_id=result.id,

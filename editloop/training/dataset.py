@@ -247,7 +247,7 @@ def build_dataset(events: list[FeedbackEvent], config: DatasetConfig | None = No
     sft_train, sft_heldout = _split(samples, lambda s: s.filepath, lambda s: s.timestamp, config)
     rows = _value_rows(stories)
     value_train, value_heldout = _split(rows, lambda r: r.file, lambda r: r.timestamp, config)
-    by_source = defaultdict(int)
+    by_source: defaultdict[str, int] = defaultdict(int)
     for sample in samples:
         by_source[sample.source] += 1
     stats = {

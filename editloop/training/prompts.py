@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -21,7 +21,6 @@ from editloop.completion.prompt import build_prompt
 from editloop.completion.syntax import language_for_path
 from editloop.completion.types import Snippet
 from editloop.errors import ModelError, TrainingDataError
-from editloop.models.backend import Backend
 from editloop.models.fim import SPM_CONFIG_KEY, FimTemplate, detect_template
 
 
@@ -116,10 +115,8 @@ class HfPromptTokenizer:
 
 def fim_prompt_ids(tokens: HfPromptTokenizer, example: FimExample, max_new_tokens: int) -> list[int]:
     """The prompt ids the server would build for this cursor, leaving room for ``max_new_tokens``."""
-    # build_prompt reads only n_ctx, version, fim, tokenize and special_id of its backend.
-    backend = cast(Backend, tokens)
     return build_prompt(
-        backend, example.prefix, example.suffix, list(example.extra), example.filepath, max_new_tokens
+        tokens, example.prefix, example.suffix, list(example.extra), example.filepath, max_new_tokens
     ).ids
 
 

@@ -51,7 +51,7 @@ def _cut(text: str, stop: str | list[str] | None) -> tuple[str, str]:
 
 def _reply(result: CompletionResult, body: OpenAICompletionRequest) -> dict:
     reports = {r.text: r for r in result.candidates}
-    choices = []
+    choices: list[dict] = []
     for choice in result.choices or []:
         text, finish = _cut(choice.text, body.stop)
         report = reports.get(choice.text)
