@@ -266,7 +266,9 @@ class CompletionEngine:
         A copy the model also proposed is kept once, as the model's (its log-probs then score it).
         """
         taken = {r.text for r in reports if r.dropped is None}
-        texts, reasons, valid = [], [], {}
+        texts: list[str] = []
+        reasons: list[str | None] = []
+        valid: dict[int, bool | None] = {}
         for copy in copies:
             text = truncate(copy.text, mode, request.prefix, request.suffix, language)
             reason = drop_reason(text, request.prefix, request.suffix, language)

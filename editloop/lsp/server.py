@@ -191,7 +191,7 @@ def initialize(ls: EditloopServer, params: types.InitializeParams) -> None:
 
 def workspaces(settings: Settings, params: types.InitializeParams) -> list[Workspace]:
     """One context workspace per workspace folder (or the root), each a local directory."""
-    uris = [f.uri for f in params.workspace_folders or []] or [params.root_uri]
+    uris = [f.uri for f in params.workspace_folders or []] or ([params.root_uri] if params.root_uri else [])
     paths = [file_path(uri) for uri in uris]
     limits = context_limits(settings)
     return [Workspace(path, limits) for path in dict.fromkeys(paths) if path is not None and path.is_dir()]

@@ -11,6 +11,7 @@ changed meanwhile returns nothing. Stopping the older one's decode is the engine
 """
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -105,7 +106,7 @@ class Session:
         """Index these folders in the background; completions use what is indexed so far."""
         self.workspaces = workspaces
         for workspace in workspaces:
-            self._background(lambda w=workspace: w.refresh(force=True))
+            self._background(functools.partial(workspace.refresh, force=True))
 
     def workspace_of(self, uri: str) -> Workspace | None:
         path = file_path(uri)

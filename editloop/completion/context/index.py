@@ -212,14 +212,14 @@ class RepoIndex:
                     norm = tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / average))
                     scores[cid] = scores.get(cid, 0.0) + idf * norm
             ranked = heapq.nlargest(k * 4, scores.items(), key=lambda item: item[1])
-            found = []
+            best: list[tuple[Chunk, float]] = []
             for cid, score in ranked:
                 chunk = self._chunks[cid]
                 if chunk.rel != exclude:
-                    found.append((chunk, score))
-                if len(found) >= k:
+                    best.append((chunk, score))
+                if len(best) >= k:
                     break
-            return found
+            return best
 
     def definitions(self, names: list[str], exclude: str | None) -> list[tuple[str, Definition, str]]:
         """(path, definition, its text) of each name defined in a file other than ``exclude``."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from editloop.completion.context.files import inside, within_any
-from editloop.completion.context.index import KEY_CHARS, RepoIndex
+from editloop.completion.context.index import KEY_CHARS, LineHit, RepoIndex
 from editloop.completion.context.recent import RecentChunks
 from editloop.completion.context.tokens import identifiers
 from editloop.completion.types import Snippet
@@ -112,7 +112,8 @@ class Workspace:
     def _definitions(self, prefix: str, suffix: str, current: str | None, window: str) -> list[Snippet]:
         near = "\n".join(prefix.split("\n")[-NEAR_CURSOR_LINES:] + suffix.split("\n")[:1])
         names = list(dict.fromkeys(reversed(identifiers(near))))  # nearest first
-        found, seen = [], set()
+        found: list[Snippet] = []
+        seen: set[tuple[str, int]] = set()
         for rel, definition, text in self.index.definitions(names, current):
             head = "\n".join(text.split("\n")[:DEFINITION_LINES])
             if (rel, definition.start) in seen or head in window:
@@ -174,7 +175,8 @@ def continuations(index: RepoIndex, current: str | None, prefix: str, block: boo
     else:
         return []
     support: dict[str, float] = {}
-    source: dict[str, tuple[str, list[str]]] = {}  # text -> (file, the lines after its first copy)
+    # text -> (file, its line, the lines after it, or where to look them up) of its first copy
+    source: dict[str, _Origin] = {}
     for hit, line, line_before in hits:
         weight = 2.0 if line_before.strip() == previous else 1.0
         _count(support, source, _rest(line, before, head), (hit.rel, line, hit), weight)
@@ -193,7 +195,7 @@ def continuations(index: RepoIndex, current: str | None, prefix: str, block: boo
         )
     ranked = sorted(support.items(), key=lambda item: (-item[1], len(item[0])))[:MAX_CODEBASE]
     total = sum(support.values()) + 1.0
-    found = []
+    found: list[CodebaseCandidate] = []
     for text, weight in ranked:
         rel, line, where = source[text]
         if block:  # only the few shown need their bodies: one lookup each
@@ -201,6 +203,9 @@ def continuations(index: RepoIndex, current: str | None, prefix: str, block: boo
             text += _body(line, following, before)
         found.append(CodebaseCandidate(text, weight, round(weight / total, 4), rel))
     return found
+
+
+_Origin = tuple[str, str, list[str] | LineHit]
 
 
 def _rest(line: str, before: str, head: str) -> str:
@@ -223,7 +228,9 @@ def _body(line: str, following: list[str], before: str) -> str:
     return "".join("\n" + b for b in body)
 
 
-def _count(support: dict[str, float], source: dict, text: str, origin: tuple, weight: float) -> None:
+def _count(
+    support: dict[str, float], source: dict[str, _Origin], text: str, origin: _Origin, weight: float
+) -> None:
     if not text.strip():
         return
     support[text] = support.get(text, 0.0) + weight
