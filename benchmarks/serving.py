@@ -493,7 +493,7 @@ def _wait_running(client, timeout_s: float = 120) -> None:
     """Until the cycle has reached its training stage (the dataset is built by then)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        current = control.cycle_status(client)["current"] or {}
+        current = control.cycle_status(client)["cycle"] or {}
         if current.get("stage") in ("sft", "grpo", "value") and not current.get("finished_at"):
             return
         time.sleep(0.2)
