@@ -385,8 +385,11 @@ class Registry:
         """The current version with its files verified; what a server loads at start."""
         return self.verify(self._require_pointer_version().name)
 
-    def import_gguf(self, gguf_path: Path, hf_dir: Path | None = None) -> ModelVersion:
-        """Publish an existing GGUF (and optionally its HF weights) as a new version; not activated."""
+    def import_gguf(
+        self, gguf_path: Path, hf_dir: Path | None = None, synthetic: bool = False
+    ) -> ModelVersion:
+        """Publish an existing GGUF (and optionally its HF weights) as a new version; not activated.
+        ``synthetic``: a copy of random weights of a real shape keeps that mark (no GGUF key says so)."""
         gguf_path = Path(gguf_path)
         arch, quant, tokens, spm = _read_gguf_header(gguf_path)
         fim = detect_template(tokens, source=gguf_path.name, spm=spm)
@@ -408,6 +411,7 @@ class Registry:
                 hf_dir="hf" if hf_dir is not None else None,
                 tokenizer=tokenizer,
                 training_data={"imported_from": str(gguf_path.resolve())},
+                synthetic=synthetic,
             )
 
     # -- internals -------------------------------------------------------------------------
