@@ -14,7 +14,6 @@ minutes to decide. Run: ``.venv/bin/python benchmarks/canary.py [--repo DIR] [--
 
 import argparse
 import json
-import shutil
 import sysconfig
 import threading
 import time
@@ -35,15 +34,7 @@ TOKEN = "bench-token"
 
 def republish(registry: Registry, source: ModelVersion) -> str:
     """``source``'s files again as a new version: the same model under another name."""
-    with registry.stage() as staging:
-        for rel in source.manifest.files:
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source.path / rel, staging / rel)
-        m = source.manifest
-        return registry.publish(
-            staging, kind="retrain", fim=m.fim, arch=m.arch, gguf=m.gguf, parent=source.name,
-            hf_dir=m.hf_dir, tokenizer=m.tokenizer, abstain_thresholds=m.abstain_thresholds,
-        ).name  # fmt: skip
+    return registry.republish(source.name).name
 
 
 def scrambled(registry: Registry, source: ModelVersion, noise: float = 3.0, seed: int = 0) -> str:

@@ -434,7 +434,7 @@ def hot_swap(home: Path) -> dict:
     registry = Registry(settings.models_dir)
     first = registry.current()
     assert first is not None
-    second = registry.import_gguf(first.gguf_path(QUANT), synthetic=first.manifest.synthetic)
+    second = registry.republish(first.name)
     models = build_models(settings)
     try:
         models.reload()

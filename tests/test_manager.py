@@ -1,7 +1,5 @@
 """Hot-swap ownership: leases keep the old model alive; a bad version never replaces a good one."""
 
-import shutil
-
 import pytest
 
 from editloop.completion.served import load_served, validate_served
@@ -25,22 +23,7 @@ def _manager(registry: Registry) -> ModelManager:
 
 def _republish(registry: Registry, name: str = "v1") -> str:
     """A second version with the same files (a retrain that changed nothing)."""
-    source = registry.get(name)
-    with registry.stage() as staging:
-        for rel in source.manifest.files:
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source.path / rel, staging / rel)
-        m = source.manifest
-        return registry.publish(
-            staging,
-            kind="retrain",
-            fim=m.fim,
-            arch=m.arch,
-            gguf=m.gguf,
-            parent=name,
-            hf_dir=m.hf_dir,
-            tokenizer=m.tokenizer,
-        ).name
+    return registry.republish(name).name
 
 
 def test_old_model_serves_leased_requests_until_they_end(registry) -> None:

@@ -1,6 +1,5 @@
 """Each version serves with its own rankers and thresholds, loaded, leased and swapped as one unit."""
 
-import shutil
 import time
 
 import httpx
@@ -24,24 +23,7 @@ def _inverse_logprob_model() -> ValueModel:
 
 def _publish_with_value_model(registry: Registry, thresholds: dict[str, float] | None = None) -> str:
     """v1's files again, plus a value model: a retrain whose only change is how it ranks."""
-    source = registry.get("v1")
-    with registry.stage() as staging:
-        for rel in source.manifest.files:
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source.path / rel, staging / rel)
-        _inverse_logprob_model().save(staging)
-        m = source.manifest
-        return registry.publish(
-            staging,
-            kind="retrain",
-            fim=m.fim,
-            arch=m.arch,
-            gguf=m.gguf,
-            parent="v1",
-            hf_dir=m.hf_dir,
-            tokenizer=m.tokenizer,
-            abstain_thresholds=thresholds,
-        ).name
+    return registry.republish("v1", add=_inverse_logprob_model().save, abstain_thresholds=thresholds).name
 
 
 def _complete(client: httpx.Client, **extra: object) -> dict:

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -385,11 +385,39 @@ class Registry:
         """The current version with its files verified; what a server loads at start."""
         return self.verify(self._require_pointer_version().name)
 
-    def import_gguf(
-        self, gguf_path: Path, hf_dir: Path | None = None, synthetic: bool = False
+    def republish(
+        self,
+        name: str,
+        add: Callable[[Path], object] | None = None,
+        abstain_thresholds: dict[str, float] | None = None,
     ) -> ModelVersion:
-        """Publish an existing GGUF (and optionally its HF weights) as a new version; not activated.
-        ``synthetic``: a copy of random weights of a real shape keeps that mark (no GGUF key says so)."""
+        """``name``'s files again as a new version (a retrain whose weights did not change): how the
+        benchmarks and tests get a second version to swap to. ``add`` may write more files into the
+        staging (a value model); the copy keeps the source's manifest, ``synthetic`` included."""
+        source = self.verify(name)
+        m = source.manifest
+        with self.stage() as staging:
+            for rel in m.files:
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source.path / rel, staging / rel)
+            if add is not None:
+                add(staging)
+            return self.publish(
+                staging,
+                kind="retrain",
+                fim=m.fim,
+                gguf=m.gguf,
+                arch=m.arch,
+                parent=source.name,
+                hf_dir=m.hf_dir,
+                adapter_dir=m.adapter_dir,
+                tokenizer=m.tokenizer,
+                abstain_thresholds=m.abstain_thresholds if abstain_thresholds is None else abstain_thresholds,
+                synthetic=m.synthetic,
+            )
+
+    def import_gguf(self, gguf_path: Path, hf_dir: Path | None = None) -> ModelVersion:
+        """Publish an existing GGUF (and optionally its HF weights) as a new version; not activated."""
         gguf_path = Path(gguf_path)
         arch, quant, tokens, spm = _read_gguf_header(gguf_path)
         fim = detect_template(tokens, source=gguf_path.name, spm=spm)
@@ -411,7 +439,6 @@ class Registry:
                 hf_dir="hf" if hf_dir is not None else None,
                 tokenizer=tokenizer,
                 training_data={"imported_from": str(gguf_path.resolve())},
-                synthetic=synthetic,
             )
 
     # -- internals -------------------------------------------------------------------------
