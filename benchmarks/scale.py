@@ -453,15 +453,32 @@ def hot_swap(home: Path) -> dict:
 
 
 def child(step: str, hf_dir: Path, out: Path, device: str, extra: list[str] = ()) -> dict:
+    """One training phase in a fresh process; a failure (a kill for memory, say) is a figure too."""
     command = [sys.executable, __file__, "--child", step, "--hf", str(hf_dir), "--out", str(out)]
     command += ["--device", device, *extra]
+    started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{step} failed: {done.stderr[-2000:]}")
+        killed = done.returncode in (-9, 137)
+        return {
+            "error": "killed (out of memory)" if killed else done.stderr.strip().splitlines()[-1:],
+            "returncode": done.returncode,
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def child_sft(hf_dir: Path, out: Path, device: str) -> dict:
+def child_with_checkpointing(step: str, hf_dir: Path, out: Path, device: str) -> dict:
+    """The step as a cycle runs it; when that runs out of memory, again recomputing activations."""
+    result = child(step, hf_dir, out, device)
+    if result.get("returncode") not in (-9, 137):
+        return result
+    retried = child(step, hf_dir, out, device, ["--gradient-checkpointing"])
+    retried["without_checkpointing"] = result
+    return retried
+
+
+def child_sft(hf_dir: Path, out: Path, device: str, checkpointing: bool) -> dict:
     from editloop.training.cycle import general_rows
     from editloop.training.prompts import HfPromptTokenizer
     from editloop.training.sft import SftConfig, run_sft, sft_rows
@@ -469,18 +486,24 @@ def child_sft(hf_dir: Path, out: Path, device: str) -> dict:
     rows = [r for r in general_rows(16, seed=0) if r["reference"].count("\n") == 0][:SFT_ROWS]
     tokens, _ = sft_rows(HfPromptTokenizer.load(hf_dir, SFT_CONTEXT), rows, NEW_TOKENS)
     config = SftConfig(
-        max_steps=1, batch_size=SFT_ROWS, max_context=SFT_CONTEXT, max_new_tokens=NEW_TOKENS, device=device
+        max_steps=1,
+        batch_size=SFT_ROWS,
+        max_context=SFT_CONTEXT,
+        max_new_tokens=NEW_TOKENS,
+        device=device,
+        gradient_checkpointing=checkpointing,
     )
     report = run_sft(hf_dir, rows, out, config)
     return {
         "rows": SFT_ROWS,
         "tokens": sum(len(r["input_ids"]) for r in tokens),
         "step_s": report.seconds,
+        "gradient_checkpointing": checkpointing,
         "adapter": str(report.adapter_dir),
     }
 
 
-def child_grpo(hf_dir: Path, out: Path, device: str) -> dict:
+def child_grpo(hf_dir: Path, out: Path, device: str, checkpointing: bool) -> dict:
     from editloop.training.cycle import general_rows
     from editloop.training.grpo import GrpoConfig, run_grpo
     from editloop.training.rewards.combined import CombinedReward
@@ -493,6 +516,7 @@ def child_grpo(hf_dir: Path, out: Path, device: str) -> dict:
         max_new_tokens=NEW_TOKENS,
         max_context=GRPO_CONTEXT,
         device=device,
+        gradient_checkpointing=checkpointing,
     )
     report = run_grpo(hf_dir, rows, [CombinedReward(execution=False)], out, config)
     return {
@@ -501,6 +525,7 @@ def child_grpo(hf_dir: Path, out: Path, device: str) -> dict:
         "new_tokens": NEW_TOKENS,
         "prompt_tokens_max": GRPO_CONTEXT - NEW_TOKENS,
         "step_s": report.seconds,
+        "gradient_checkpointing": checkpointing,
     }
 
 
@@ -542,7 +567,7 @@ def run_child(args: argparse.Namespace) -> None:
     step = {"sft": child_sft, "grpo": child_grpo}.get(args.child)
     started = time.perf_counter()
     if step is not None:
-        result = step(args.hf, args.out, args.device)
+        result = step(args.hf, args.out, args.device, args.gradient_checkpointing)
     else:
         result = child_export(args.hf, args.out, args.adapter, args.parity_prompts)
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -556,8 +581,10 @@ def run_child(args: argparse.Namespace) -> None:
 
 def training(version, work: Path, parity_prompts: int, device: str) -> dict:
     hf_dir = version.hf_path()
-    sft = child("sft", hf_dir, work / "sft", device)
-    grpo = child("grpo", hf_dir, work / "grpo", device)
+    sft = child_with_checkpointing("sft", hf_dir, work / "sft", device)
+    grpo = child_with_checkpointing("grpo", hf_dir, work / "grpo", device)
+    if "adapter" not in sft:
+        return {"sft_step": sft, "grpo_step": grpo, "merge_export_parity": {"error": "no adapter to merge"}}
     extra = ["--adapter", sft["adapter"], "--parity-prompts", str(parity_prompts)]
     merged = child("export", hf_dir, work / "export", "cpu", extra)  # export runs on the CPU everywhere
     return {"sft_step": sft, "grpo_step": grpo, "merge_export_parity": merged}
@@ -633,6 +660,7 @@ def main() -> None:
     parser.add_argument("--hf", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--adapter", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args)

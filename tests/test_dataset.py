@@ -76,8 +76,42 @@ def test_targets_follow_what_the_developer_kept() -> None:
         "partial": ("return", "retained"),
     }
     labels = {r.input.candidate: r.label for r in data.value_rows}
-    assert labels == {"return x": 1, "return y": 1, "pass": 0, "return 0": 0, "x": 0, "return abc": 1}
+    # A partial take is not a full accept: the value model learns what the full-accept rate counts.
+    assert labels == {"return x": 1, "return y": 1, "pass": 0, "return 0": 0, "x": 0, "return abc": 0}
     assert data.stats["samples"] == 4
+
+
+def test_candidates_not_shown_are_labelled_by_what_the_developer_wrote() -> None:
+    base = {"completion_id": "c1", "timestamp": T0.isoformat()}
+    texts = ["pass", "return -x", "return x", "return -x + 1 if x else 0", "return -", "retur(("]
+    candidates = [
+        {"index": i, "text": t, "score": 0.5, "shown": i == 0, "logprobs": [-0.5]}
+        for i, t in enumerate(texts)
+    ]
+    candidates[4]["dropped"] = "duplicate"
+    candidates[5]["dropped"] = "syntax"
+    events = [
+        parse_event(e)
+        for e in (
+            {
+                **base,
+                "type": "completion",
+                "event_id": "c",
+                "prefix": "def f(x):\n    ",
+                "suffix": "\n",
+                "filepath": "a.py",
+                "candidates": candidates,
+            },
+            {**base, "type": "rejected", "event_id": "r"},
+            {**base, "type": "edited", "event_id": "e", "after": "rejected", "text": "return -x + 1  \n"},
+        )
+    ]
+    rows = build_dataset(events, DatasetConfig(heldout_files=0.0, heldout_recent=0.0)).value_rows
+    labels = {r.input.candidate: (r.label, r.shown) for r in rows}
+    # "return -x" is a prefix of what was written: taken whole. The longer one agrees as far as the
+    # written text goes, so whether it would have been taken is unknown: no row. Dropped ones: no row.
+    assert labels == {"pass": (0, True), "return -x": (1, False), "return x": (0, False)}
+    assert {r.request for r in rows} == {"c1"}
 
 
 def test_duplicates_dropped_and_split_by_file_and_time() -> None:

@@ -91,15 +91,18 @@ def test_the_cycle_publishes_a_value_model_only_when_it_beats_log_prob() -> None
     from editloop.training.dataset import Dataset
 
     helpful = Dataset([], [], _agreeing_rows(300, 0), _agreeing_rows(150, 1), {})
-    model, report = train_value(helpful)
+    model, report = train_value(helpful, 0.05)
     assert model is not None and report["published"] and "beats" in report["reason"]
+    ab = report["ab"]
+    assert ab["value"]["reward_per_request"] > ab["logprob"]["reward_per_request"]
+    assert report["rank_p50_ms"] is not None and report["rank_p50_ms"] < 50
     # Rows where log-prob alone decides: nothing for the value model to add, so it is not published.
     rng = random.Random(2)
     plain = [
         ValueRow(ValueInput("", "\n", "x = 1", [math.log(p)] * 3, True), rng.random() < p)
         for p in (rng.random() for _ in range(450))
     ]
-    model, report = train_value(Dataset([], [], plain[:300], plain[300:], {}))
+    model, report = train_value(Dataset([], [], plain[:300], plain[300:], {}), 0.05)
     assert model is None and not report["published"] and "does not beat" in report["reason"]
 
 
@@ -118,3 +121,43 @@ def test_threshold_maximises_the_expected_show_reward() -> None:
     # Never so high that nothing is shown (no feedback would come back): at least min_show_rate.
     hopeless = calibrate_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0], default=0.05, min_show_rate=0.25)
     assert hopeless["threshold"] == 0.4 and hopeless["show_rate"] == 0.25
+
+
+def _requests(n: int, seed: int) -> list[ValueRow]:
+    """Three candidates per request; the one most samples agree on is the one typed, whatever its log-prob."""
+    rng = random.Random(seed)
+    rows = []
+    for r in range(n):
+        agreed = f"total = price * {r}"
+        texts = [agreed, f"count += {r}", f"return {r}"]
+        others = (agreed, agreed)
+        confident = rng.randrange(3)  # the candidate the log-probs happen to favour
+        for i, text in enumerate(texts):
+            logprobs = [math.log(0.8 if i == confident else 0.3)] * 3
+            peers = others if text == agreed else ("x",)
+            taken = text == agreed and rng.random() < 0.8
+            value_input = ValueInput("    ", "\n", text, logprobs, True, others=peers)
+            rows.append(ValueRow(value_input, taken, request=f"r{r}", shown=i == confident))
+    return rows
+
+
+def test_the_ranker_ab_replays_what_each_ranker_would_have_shown() -> None:
+    from editloop.training.value import ranker_ab, show_outcome, top_choices
+
+    rows = _requests(200, 1)
+    model = train_value_model(_requests(300, 0))
+    scores = {
+        "logprob": [math.exp(r.input.logprobs[0]) for r in rows],
+        "value": model.predict_many([r.input for r in rows]),
+    }
+    ids, choices = top_choices(rows, scores["value"])
+    assert len(ids) == 200 and all(
+        c.chars == len("total = price * ") + len(k[1:]) for k, c in zip(ids, choices, strict=True)
+    )
+    everything = show_outcome(choices, 0.0)
+    assert everything["shown"] == 200 and everything["full_accepts"] == sum(r.label for r in rows)
+    ab = ranker_ab(rows, scores, default=0.05)
+    assert ab["value"]["requests"] == ab["logprob"]["requests"] == 200
+    # Log-prob puts the typed candidate first in a third of the requests; the value model in all.
+    assert ab["value"]["full_accepts"] > 2 * ab["logprob"]["full_accepts"]
+    assert ab["value"]["reward_per_request"] > ab["logprob"]["reward_per_request"]

@@ -16,15 +16,17 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Protocol
 
 from editloop.completion.served import DEFAULT_ABSTAIN_THRESHOLD
-from editloop.completion.value import ValueModel
+from editloop.completion.value import ValueInput, ValueModel
 from editloop.errors import EditloopError, ModelError
 from editloop.models.registry import ModelVersion, Registry
 from editloop.settings import Settings
@@ -34,7 +36,14 @@ from editloop.training.grpo_effect import effect_of
 from editloop.training.launch import Launch, launch_for, run_grpo_stage, run_sft_stage
 from editloop.training.runtime import Device
 from editloop.training.selection import Checkpoint, Trajectory, WarmStarts, refusal, walk, warm_start
-from editloop.training.value import calibrate_threshold, evaluate, logprob_scores, train_value_model
+from editloop.training.value import (
+    calibrate_threshold,
+    evaluate,
+    logprob_scores,
+    ranker_ab,
+    top_choices,
+    train_value_model,
+)
 
 log = logging.getLogger(__name__)
 GRPO_LABEL = "grpo"  # the trajectory's point after GRPO; the point before it is SFT's last
@@ -248,8 +257,9 @@ class Cycle:
         checkpoints, training = self._train(current, data)
         self.state.reports.update(training)
         self._enter("value", "training the value model, calibrating when to abstain")
-        value_model, self.state.reports["value"] = train_value(data)
-        thresholds, self.state.reports["abstain"] = calibrate(data, value_model, self._default_threshold())
+        default = self._default_threshold()
+        value_model, self.state.reports["value"] = train_value(data, default)
+        thresholds, self.state.reports["abstain"] = calibrate(data, value_model, default)
         return self._choose_and_publish(current, data, checkpoints, value_model, thresholds, notify)
 
     def _default_threshold(self) -> float:
@@ -479,37 +489,67 @@ def snapshot(source: FeedbackSource, archive: FeedbackArchive, batch: int = 500)
     return {"read": read, "new": new, "archived_total": len(archive)}
 
 
-def train_value(data: Dataset) -> tuple[ValueModel | None, dict]:
+def train_value(data: Dataset, default: float) -> tuple[ValueModel | None, dict]:
     """The value model on this cycle's rows, kept only when it ranks held-out rows better than log-prob.
 
-    Judged by held-out AUC against the log-prob score it would replace; a model that does not beat
-    it is not published, and the version ranks by log-prob.
+    Judged against the log-prob score it would replace, twice on held-out rows: AUC, and the
+    ranker A/B (:func:`~editloop.training.value.ranker_ab`: what each would have shown first, and
+    the show reward that earned). A model that does not beat log-prob on both is not published,
+    and the version ranks by log-prob.
     """
     try:
         model = train_value_model(data.value_train)
     except ModelError as exc:
         return None, {"published": False, "reason": str(exc), "rows": len(data.value_rows)}
     heldout = evaluate(model, data.value_heldout)
-    report = {"train_rows": len(data.value_train), **heldout}
+    report = {"train_rows": len(data.value_train), **heldout, "rank_p50_ms": rank_cost_ms(model, data)}
     if heldout["auc"] is None or heldout["baseline_auc"] is None:
         return None, report | {"published": False, "reason": "held-out rows lack accepted or rejected ones"}
-    if heldout["auc"] <= heldout["baseline_auc"]:
-        reason = f"held-out AUC {heldout['auc']} does not beat log-prob's {heldout['baseline_auc']}"
-        return None, report | {"published": False, "reason": reason}
-    model.metrics = {"heldout": heldout, "train_rows": len(data.value_train)}
-    reason = f"held-out AUC {heldout['auc']} beats log-prob's {heldout['baseline_auc']}"
-    return model, report | {"published": True, "reason": reason}
+    ab = ranker_ab(data.value_heldout, scores_by_ranker(data, model), default)
+    report["ab"] = ab
+    value, logprob = ab["value"]["reward_per_request"], ab["logprob"]["reward_per_request"]
+    auc_says = f"held-out AUC {heldout['auc']} against log-prob's {heldout['baseline_auc']}"
+    requests = ab["value"]["requests"]
+    ab_says = f"show reward {value:+.4f} per request against {logprob:+.4f} on {requests} requests"
+    if heldout["auc"] <= heldout["baseline_auc"] or value <= logprob:
+        return None, report | {"published": False, "reason": f"does not beat log-prob: {auc_says}, {ab_says}"}
+    model.metrics = {"heldout": heldout, "ab": ab, "train_rows": len(data.value_train)}
+    return model, report | {"published": True, "reason": f"beats log-prob: {auc_says}, {ab_says}"}
 
 
-def calibrate(data: Dataset, value: ValueModel | None, default: float) -> tuple[dict[str, float], dict]:
-    """Per ranker, the abstain threshold that maximises the expected show reward on held-out rows."""
-    labels = [r.label for r in data.value_heldout]
-    if len(set(labels)) < 2:
-        return {}, {"skipped": "held-out rows lack accepted or rejected ones: thresholds stay as they are"}
+def scores_by_ranker(data: Dataset, value: ValueModel | None) -> dict[str, list[float]]:
+    """Every held-out row as each ranker scores it."""
     scores = {"logprob": logprob_scores(data.value_heldout)}
     if value is not None:
         scores["value"] = value.predict_many([r.input for r in data.value_heldout])
-    report = {name: calibrate_threshold(s, labels, default) for name, s in scores.items()}
+    return scores
+
+
+def rank_cost_ms(model: ValueModel, data: Dataset) -> float | None:
+    """The value model's p50 cost to score one held-out request's candidates (what serving pays)."""
+    requests: defaultdict[str, list[ValueInput]] = defaultdict(list)
+    for i, row in enumerate(data.value_heldout):
+        requests[row.request or str(i)].append(row.input)
+    costs = []
+    for inputs in list(requests.values())[:200]:
+        started = time.perf_counter()
+        model.predict_many(inputs)
+        costs.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(costs), 3) if costs else None
+
+
+def calibrate(data: Dataset, value: ValueModel | None, default: float) -> tuple[dict[str, float], dict]:
+    """Per ranker, the abstain threshold that maximises the expected show reward on held-out requests.
+
+    Each request is judged by the candidate the ranker puts first, as serving decides.
+    """
+    labels = {r.label for r in data.value_heldout}
+    if len(labels) < 2:
+        return {}, {"skipped": "held-out rows lack accepted or rejected ones: thresholds stay as they are"}
+    report = {}
+    for name, scores in scores_by_ranker(data, value).items():
+        _, choices = top_choices(data.value_heldout, scores)
+        report[name] = calibrate_threshold([c.score for c in choices], [c.label for c in choices], default)
     return {name: r["threshold"] for name, r in report.items()}, report
 
 

@@ -8,7 +8,8 @@ suffix, language, file) and the candidates; what happened next decides the targe
 - rejected (or nothing shown) and then written by hand (``edited`` after ``rejected`` or
   ``abstained``) → the developer's own text.
 
-Every shown candidate is also a value-model row (taken and kept or not). Samples are
+Every candidate the ranker chose among is also a value-model row: taken whole and kept or not
+(one not shown: whether it is a prefix of what the developer wrote there). Samples are
 deduplicated and split by file (a path hash) and by time (the newest slice) so held-out
 evaluation never sees a file or a moment the training saw.
 
@@ -33,6 +34,7 @@ from editloop.feedback.events import (
     RetainedEvent,
     event_from_json,
 )
+from editloop.metrics import normalize
 from editloop.training.value import ValueRow
 
 
@@ -179,8 +181,13 @@ def _extra(completion: CompletionEvent) -> tuple[dict, ...]:
 
 
 def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
+    """Every candidate the ranker chose among, labelled taken-whole-and-kept or not.
+
+    Shown candidates by what happened to them; the others by what the developer wrote at the
+    spot (:func:`would_take`), where that is known.
+    """
     rows = []
-    for story in stories.values():
+    for cid, story in stories.items():
         completion = story.completion
         if completion is None:
             continue
@@ -188,10 +195,20 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
         samples = tuple(
             c.text for c in completion.candidates if c.dropped in (None, "duplicate") and c.source == "model"
         )
+        written = _written(story)
         for candidate in completion.candidates:
-            if candidate.index not in story.shown or not candidate.text:
+            if not candidate.text:
                 continue
-            retained = story.retained.get(candidate.index)
+            shown = candidate.index in story.shown
+            retained = story.retained.get(candidate.index) if shown else None
+            if shown:
+                taken = _taken_whole(story, candidate.index, candidate.text)
+            elif candidate.dropped is None and written is not None:
+                taken = would_take(candidate.text, written)
+            else:
+                taken = None
+            if taken is None:
+                continue
             value_input = ValueInput(
                 completion.prefix,
                 completion.suffix,
@@ -205,13 +222,55 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
             rows.append(
                 ValueRow(
                     value_input,
-                    accepted=candidate.index in story.accepted,
+                    accepted=taken,
                     retained=retained.similarity if retained else None,
                     file=completion.filepath or completion.filepath_hash or "",
                     timestamp=completion.timestamp.timestamp(),
+                    request=cid,
+                    shown=shown,
                 )
             )
     return rows
+
+
+def _taken_whole(story: _Story, choice: int, text: str) -> bool:
+    accepted = story.accepted.get(choice)
+    if accepted is None:
+        return False
+    return accepted.accepted_length is None or accepted.accepted_length >= len(text.rstrip())
+
+
+def _written(story: _Story) -> str | None:
+    """What the developer ended up with at the completion's spot, when the events say."""
+    for choice, accepted in story.accepted.items():
+        corrected = story.edited.get((choice, "accepted"))
+        if corrected is not None:
+            return corrected.text
+        retained = story.retained.get(choice)
+        if retained is not None:
+            return retained.text
+        text = _candidate_text(story.completion, choice) if story.completion else ""
+        return text if accepted.accepted_length is None else text[: accepted.accepted_length]
+    for (_, after), edited in story.edited.items():
+        if after in ("rejected", "abstained"):
+            return edited.text
+    return None
+
+
+def would_take(candidate: str, written: str) -> bool | None:
+    """Whether a developer who wrote ``written`` would have taken all of ``candidate``.
+
+    Yes when it is a prefix of what they wrote (as the replay's developer decides); unknown (None)
+    when what they wrote is shorter than it and agrees so far, or is blank.
+    """
+    text, truth = normalize(candidate), normalize(written)
+    if not text or not truth.strip():
+        return None
+    if truth.startswith(text):
+        return True
+    if text.startswith(truth):
+        return None
+    return False
 
 
 def file_bucket(path: str) -> float:
@@ -259,6 +318,7 @@ def build_dataset(events: list[FeedbackEvent], config: DatasetConfig | None = No
         "sft_train": len(sft_train),
         "sft_heldout": len(sft_heldout),
         "value_rows": len(rows),
+        "value_rows_shown": sum(r.shown for r in rows),
         "value_positives": sum(r.label for r in rows),
     }
     return Dataset(sft_train, sft_heldout, value_train, value_heldout, stats)

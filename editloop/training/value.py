@@ -1,10 +1,19 @@
 """Training the value model on the team's feedback, and judging it against the log-prob score.
 
+Two judgements, both on held-out rows: how well each score separates the candidates developers
+take whole from the rest (AUC), and what each would have done as the ranker (:func:`ranker_ab`):
+per request, the candidate it puts first, shown when it clears a threshold chosen on the other
+half of the requests, scored by the show reward. The second is the replay's question asked of the
+recorded requests, so the cycle can ask it without generating anything.
+
 >>> model = train_value_model(data.value_train)  # doctest: +SKIP
 >>> evaluate(model, data.value_heldout)  # doctest: +SKIP
 {"rows": 120, "positives": 31, "auc": 0.81, "baseline_auc": 0.77}
 """
 
+import hashlib
+import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,13 +25,21 @@ from editloop.errors import ModelError
 
 @dataclass(frozen=True)
 class ValueRow:
-    """A training row: a shown candidate and whether the developer took and kept it."""
+    """A training row: a candidate and whether the developer took all of it and kept it.
+
+    A candidate that was not shown is labelled by what the developer wrote at its spot: it would
+    have been taken whole when it is a prefix of that text (the replay's developer does exactly
+    this). So the model learns from every candidate the ranker chose among, not only from those
+    the serving ranker happened to put first.
+    """
 
     input: ValueInput
-    accepted: bool
+    accepted: bool  # taken whole (shown), or a prefix of what was written there (not shown)
     retained: float | None = None  # similarity at the last retention horizon, if reported
     file: str = ""
     timestamp: float = 0.0
+    request: str = ""  # the completion it was a candidate of; "": a request of its own
+    shown: bool = True
 
     @property
     def label(self) -> int:
@@ -106,6 +123,77 @@ def evaluate(model: ValueModel, rows: list[ValueRow]) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Choice:
+    """What a ranker put first for one request: its score, whether it was taken whole, its size."""
+
+    score: float
+    label: int
+    chars: int
+
+
+def top_choices(rows: list[ValueRow], scores: list[float]) -> tuple[list[str], list[Choice]]:
+    """Per request (in first-seen order): its id and the candidate ``scores`` rank first."""
+    best: dict[str, tuple[float, ValueRow]] = {}
+    for i, (row, score) in enumerate(zip(rows, scores, strict=True)):
+        key = row.request or f"row-{i}"
+        if key not in best or score > best[key][0]:
+            best[key] = (score, row)
+    return list(best), [Choice(s, r.label, len(r.input.candidate)) for s, r in best.values()]
+
+
+def show_outcome(choices: list[Choice], threshold: float) -> dict:
+    """What showing each request's first choice when it scores ``threshold`` or more would have earned."""
+    shown = [c for c in choices if c.score >= threshold]
+    full = [c for c in shown if c.label]
+    reward = sum(SHOW_ACCEPTED if c.label else SHOW_REJECTED for c in shown)
+    return {
+        "requests": len(choices),
+        "shown": len(shown),
+        "full_accepts": len(full),
+        "full_accept_rate": _round(len(full) / len(shown)) if shown else None,
+        "chars_accepted": sum(c.chars for c in full),
+        "reward": round(reward, 4),
+        "reward_per_request": _round(reward / len(choices)) if choices else None,
+    }
+
+
+def ranker_ab(rows: list[ValueRow], scores: dict[str, list[float]], default: float) -> dict:
+    """Each ranker replayed on the held-out requests, its threshold cross-fitted.
+
+    The requests are split in two halves (by a hash of their id); each half is judged at the
+    threshold calibrated on the other, so no ranker is scored on the rows that set its threshold.
+    """
+    report = {}
+    for name, ranked in scores.items():
+        ids, choices = top_choices(rows, ranked)
+        halves: tuple[list[Choice], list[Choice]] = ([], [])
+        for key, choice in zip(ids, choices, strict=True):
+            halves[hashlib.sha256(key.encode()).digest()[0] % 2].append(choice)
+        totals: defaultdict[str, float] = defaultdict(float)
+        for judged, calibrating in (halves, halves[::-1]):
+            threshold = calibrate_threshold(
+                [c.score for c in calibrating], [c.label for c in calibrating], default
+            )["threshold"]
+            for key, value in show_outcome(judged, threshold).items():
+                if key in ("requests", "shown", "full_accepts", "chars_accepted", "reward"):
+                    totals[key] += value
+        report[name] = _summary(totals)
+    return report
+
+
+def _summary(totals: dict[str, float]) -> dict:
+    requests, shown = int(totals["requests"]), int(totals["shown"])
+    return {
+        "requests": requests,
+        "shown": shown,
+        "full_accepts": int(totals["full_accepts"]),
+        "full_accept_rate": _round(totals["full_accepts"] / shown) if shown else None,
+        "chars_accepted": int(totals["chars_accepted"]),
+        "reward_per_request": _round(totals["reward"] / requests) if requests else None,
+    }
+
+
 # Cursor Tab's show reward: a shown suggestion the developer takes and keeps is worth +0.75, one
 # they pass over costs -0.25 (their attention), an abstention is worth 0.
 SHOW_ACCEPTED, SHOW_REJECTED = 0.75, -0.25
@@ -138,7 +226,8 @@ def calibrate_threshold(
             best = (threshold, reward)
     chosen, reward = best if best is not None else (default, expected_show_reward(scores, labels, default))
     return {
-        "threshold": round(chosen, 6),
+        # Rounded down: the score that set it must still clear it (serving shows at or above).
+        "threshold": math.floor(chosen * 1e6) / 1e6,
         "expected_reward": round(reward, 4),
         "show_rate": _round(sum(s >= chosen for s in scores) / len(scores)) if scores else None,
         "default_threshold": default,
