@@ -74,12 +74,23 @@ def summarise(result: dict) -> dict:
         "heldout_gain": {k: gain.get(k) for k in ("delta", "low", "high")},
         "general": general,
         "worst_general_drop_relative": max(drops, default=None),
+        "value_model": value_summary(reports),
         "before": row_figures(result["rows"][0]),
         "after": [row_figures(r) for r in result["rows"][1:]],
         "meets_target": cycle.get("status") == "published"
         and (gain.get("low") or 0) > 0
         and max(drops, default=0) <= TARGET_DROP,
     }
+
+
+def value_summary(reports: dict) -> dict:
+    """The cycle's verdict on the value model: held-out AUC and ranker A/B against log-prob."""
+    value = reports.get("value", {})
+    keys = ("published", "reason", "auc", "baseline_auc", "rank_p50_ms", "ab", "train_rows", "rows")
+    thresholds = {
+        name: r.get("threshold") for name, r in reports.get("abstain", {}).items() if isinstance(r, dict)
+    }
+    return {k: value.get(k) for k in keys} | {"thresholds": thresholds}
 
 
 def main() -> None:
