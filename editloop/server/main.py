@@ -80,6 +80,7 @@ def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> 
         host=host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
