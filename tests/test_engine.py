@@ -8,7 +8,7 @@ import pytest
 
 from editloop.completion.cache import CompletionCache
 from editloop.completion.engine import CompletionEngine, EngineConfig
-from editloop.completion.prompt import build_prompt
+from editloop.completion.prompt import CHARS_PER_TOKEN_MAX, build_prompt
 from editloop.completion.served import load_served
 from editloop.completion.types import CompletionRequest, Snippet
 from editloop.models.kvcache import common_prefix
@@ -75,6 +75,39 @@ def test_typing_leaves_the_prefix_cut_in_place(backend) -> None:
     assert sum(kept) >= 0.9 * len(kept)
     assert not all(kept)  # the cut did move, a step at a time
     assert min(p.prefix_tokens for p in prompts) > 0.6 * max(p.prefix_tokens for p in prompts)
+
+
+class _Counting:
+    """The real backend, counting the characters it is asked to tokenize."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.chars = backend, 0
+        self.version, self.fim, self.n_ctx = backend.version, backend.fim, backend.n_ctx
+
+    def tokenize(self, text: str) -> list[int]:
+        self.chars += len(text)
+        return self.backend.tokenize(text)
+
+    def special_id(self, token: str) -> int | None:
+        return self.backend.special_id(token)
+
+
+def test_a_long_prefix_is_tokenized_about_once(backend) -> None:
+    """The cut is guessed from the suffix's characters per token: the kept text is tokenized once,
+    not a 12,000-character window first; and the prefix still fills most of its share."""
+    text = "def area(w, h):\n    return w * h\n\n\nx = area(3, 4)\n" * 300
+    suffix = "\nprint(x)\n" + text[:3000]
+    counting = _Counting(backend)
+    prompt = build_prompt(counting, text, suffix, [], None, 32)
+    suffix_chars = min(len(suffix), prompt.suffix_tokens * 8)
+    kept_chars = counting.chars - suffix_chars
+    assert prompt.truncated and len(prompt.ids) <= backend.n_ctx - 32
+    room = backend.n_ctx - 32 - 8 - prompt.suffix_tokens
+    assert prompt.prefix_tokens >= 0.8 * room
+    measured = build_prompt(backend, text, "", [], None, 32)  # no suffix to measure: the careful way
+    assert measured.truncated and measured.prefix_tokens >= 0.8 * (backend.n_ctx - 32 - 8)
+    # One pass over the kept text, not first over room × CHARS_PER_TOKEN_MAX characters to find the cut.
+    assert kept_chars < 0.6 * room * CHARS_PER_TOKEN_MAX
 
 
 def test_extra_context_uses_the_repo_layout(backend) -> None:

@@ -30,6 +30,10 @@ CHARS_PER_TOKEN = 4  # a typical code token, to size the window's grid in charac
 WINDOW_STEPS = 16
 SPECIAL_MARGIN = 8
 MIN_PROMPT_TOKENS = 16
+# The prefix's cut guessed from the suffix's characters per token keeps this share of its room
+# (code before and after a cursor differ a little), and is kept if it fills at least GUESS_FILL.
+GUESS_MARGIN, GUESS_FILL = 0.98, 0.8
+MIN_MEASURED_TOKENS = 32
 
 
 class PromptModel(Protocol):
@@ -75,7 +79,7 @@ def build_prompt(
     pre_id, suf_id, mid_id = (backend.special_id(t) for t in (fim.prefix, fim.suffix, fim.middle))
     if pre_id is None or suf_id is None or mid_id is None:
         raise ModelError(f"model {backend.version} lacks its FIM tokens")
-    suffix_ids = _head(backend, suffix, int(budget * SUFFIX_SHARE))
+    suffix_ids, chars_per_token = _head_measured(backend, suffix, int(budget * SUFFIX_SHARE))
     sep_id = backend.special_id(fim.file_sep) if fim.file_sep else None
     extra_ids, used = (
         _extra(backend, extra, filepath, sep_id, int(budget * EXTRA_SHARE))
@@ -84,36 +88,65 @@ def build_prompt(
     )
     room = budget - len(suffix_ids) - len(extra_ids)
     step = max(CHARS_PER_TOKEN, backend.n_ctx * CHARS_PER_TOKEN // WINDOW_STEPS)
-    prefix_ids, truncated = _tail(backend, prefix, room, step)
+    prefix_ids, truncated = _tail(backend, prefix, room, step, chars_per_token)
     ids = [*extra_ids, *ordered(prefix_ids, suffix_ids, (pre_id, suf_id, mid_id), fim.spm)]
     return Prompt(ids, len(prefix_ids), len(suffix_ids), len(extra_ids), truncated, used)
 
 
-def _tail(backend: PromptModel, text: str, limit: int, step: int) -> tuple[list[int], bool]:
+def _tail(
+    backend: PromptModel, text: str, limit: int, step: int, chars_per_token: float | None = None
+) -> tuple[list[int], bool]:
     """The end of ``text`` in at most ``limit`` tokens, cut at a line start after a multiple of
-    ``step`` characters; and whether anything was cut."""
+    ``step`` characters; and whether anything was cut.
+
+    With ``chars_per_token`` (measured on the suffix: the same file) the cut is guessed and the
+    kept text tokenized once; tokenizing 12,000 characters to find the cut, then the kept ones
+    again, cost more than the starter's whole decode. A guess that leaves the share far from full
+    falls back to measuring.
+    """
     if not text or limit <= 0:
         return [], bool(text)
+    if chars_per_token and len(text) > limit * chars_per_token:
+        least = len(text) - int(limit * chars_per_token * GUESS_MARGIN)
+        kept = _from_cut(backend, text, limit, step, least)
+        if kept is not None and len(kept) >= limit * GUESS_FILL:
+            return kept, True
     start = max(0, len(text) - limit * CHARS_PER_TOKEN_MAX)
     ids = backend.tokenize(text[start:])
     if len(ids) <= limit and start == 0:
         return ids, False
     # Where the cut must be at least, from this text's own characters per token.
     least = len(text) - int(limit * (len(text) - start) / max(1, len(ids)))
-    cut = -(-max(least, start) // step) * step
+    kept = _from_cut(backend, text, limit, step, max(least, start))
+    return (kept, True) if kept is not None else (ids[len(ids) - limit :], True)
+
+
+def _from_cut(backend: PromptModel, text: str, limit: int, step: int, least: int) -> list[int] | None:
+    """The tokens from the first line start after the first grid point at or past ``least`` that fit
+    in ``limit`` (trying four grid points), or None."""
+    cut = -(-least // step) * step
     for _ in range(4):
         line = text.find("\n", cut, cut + step)
         kept = backend.tokenize(text[line + 1 if line >= 0 else cut :]) if cut < len(text) else []
         if len(kept) <= limit:
-            return kept, True
+            return kept
         cut += step
-    return ids[len(ids) - limit :], True
+    return None
 
 
 def _head(backend: PromptModel, text: str, limit: int) -> list[int]:
+    return _head_measured(backend, text, limit)[0]
+
+
+def _head_measured(backend: PromptModel, text: str, limit: int) -> tuple[list[int], float | None]:
+    """The start of ``text`` in at most ``limit`` tokens, and its characters per token (None: too
+    little text to say)."""
     if not text or limit <= 0:
-        return []
-    return backend.tokenize(text[: limit * CHARS_PER_TOKEN_MAX])[:limit]
+        return [], None
+    window = text[: limit * CHARS_PER_TOKEN_MAX]
+    ids = backend.tokenize(window)
+    ratio = len(window) / len(ids) if len(ids) >= MIN_MEASURED_TOKENS else None
+    return ids[:limit], ratio
 
 
 def _extra(

@@ -32,6 +32,7 @@ import threading
 import time
 import weakref
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -69,6 +70,7 @@ ONE_THREAD_WORK = 200_000_000
 # evaluated afresh: a moved chunk's error grows with the text typed or dropped before it since
 # (see editloop.models.kvcache). The prompt's window slides 1/16 of the context at a time.
 STALE_SHARE = 8
+TOKEN_CACHE_TEXTS = 16
 # Moved KV is parked this far out while the chunks are shifted, so no two ranges ever overlap.
 _PARK = 1 << 24
 _SPECIAL_ATTRS = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
@@ -129,6 +131,8 @@ class LlamaBackend:
         self.max_candidates = max_candidates
         self.draft_max = max(0, draft_max)
         self._lock = threading.Lock()
+        self._token_lock = threading.Lock()  # tokenizing needs no decode lock: requests do it in parallel
+        self._token_cache: OrderedDict[tuple[bytes, bool], list[int]] = OrderedDict()
         threads = n_threads or os.cpu_count() or 1
         self._native, self.n_ctx = _load(Path(gguf_path), n_ctx, threads, max_candidates)
         # weakref.finalize, not __del__: it runs at interpreter exit while llama_cpp is still intact.
@@ -369,6 +373,22 @@ class LlamaBackend:
     def _tokenize(self, data: bytes, special: bool) -> list[int]:
         if not self._free.alive:
             raise ModelError(f"model {self.version} is closed")
+        # While a developer types on a line, the text after the cursor (and the FIM tokens looked up
+        # for every request) stay the same: their tokens are remembered, a few texts' worth.
+        key = (data, special)
+        with self._token_lock:
+            known = self._token_cache.get(key)
+            if known is not None:
+                self._token_cache.move_to_end(key)
+                return list(known)
+        ids = self._tokenize_native(data, special)
+        with self._token_lock:
+            self._token_cache[key] = ids
+            if len(self._token_cache) > TOKEN_CACHE_TEXTS:
+                self._token_cache.popitem(last=False)
+        return list(ids)
+
+    def _tokenize_native(self, data: bytes, special: bool) -> list[int]:
         size = len(data) + 1  # without BOS a token covers at least one byte
         for _ in range(2):
             ids = (llama_cpp.llama_token * size)()
