@@ -201,6 +201,7 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
                 continue
             shown = candidate.index in story.shown
             retained = story.retained.get(candidate.index) if shown else None
+            taken: bool | None
             if shown:
                 taken = _taken_whole(story, candidate.index, candidate.text)
             elif candidate.dropped is None and written is not None:
