@@ -182,7 +182,7 @@ class LengthPredictor:
 def test_value_reward_with_editlooops_value_model() -> None:
     rows = [
         ValueRow(ValueInput("x = ", "\n", text, [-0.1 if good else -3.0] * 3, good), accepted=good)
-        for good, text in [(True, "1"), (False, "(((("), (True, "y + 1"), (False, "]]]")] * 5
+        for good, text in [(True, "1024"), (False, "(((("), (True, "y + 10"), (False, "]]]")] * 5
     ]
     reward = ValueReward(ValueModelPredictor(train_value_model(rows)))
     scores = reward(completions=["x + 1", ""], prefix=["y = "] * 2, suffix=["\n"] * 2)

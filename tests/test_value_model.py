@@ -99,7 +99,7 @@ def test_the_cycle_publishes_a_value_model_only_when_it_beats_log_prob() -> None
     # Rows where log-prob alone decides: nothing for the value model to add, so it is not published.
     rng = random.Random(2)
     plain = [
-        ValueRow(ValueInput("", "\n", "x = 1", [math.log(p)] * 3, True), rng.random() < p)
+        ValueRow(ValueInput("", "\n", "x = 10", [math.log(p)] * 3, True), rng.random() < p)
         for p in (rng.random() for _ in range(450))
     ]
     model, report = train_value(Dataset([], [], plain[:300], plain[300:], {}), 0.05)
@@ -161,3 +161,10 @@ def test_the_ranker_ab_replays_what_each_ranker_would_have_shown() -> None:
     # Log-prob puts the typed candidate first in a third of the requests; the value model in all.
     assert ab["value"]["full_accepts"] > 2 * ab["logprob"]["full_accepts"]
     assert ab["value"]["reward_per_request"] > ab["logprob"]["reward_per_request"]
+
+
+def test_a_tiny_suggestion_taken_whole_is_not_worth_showing() -> None:
+    """ ")" is a prefix of nearly anything typed next: counted as taken, a ranker learns to show it."""
+    short = ValueRow(ValueInput("f(x", "\n", ")", [-0.1], True), accepted=True)
+    useful = ValueRow(ValueInput("f(x", "\n", ") + 10", [-0.1], True), accepted=True)
+    assert (short.label, useful.label) == (0, 1)

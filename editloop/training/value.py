@@ -22,6 +22,11 @@ from editloop.completion.ranker import LogprobRanker, RankContext, RankInput
 from editloop.completion.value import ValueInput, ValueModel, features, sigmoid
 from editloop.errors import ModelError
 
+# A suggestion taken whole counts as worth showing only when it saves this many non-blank characters:
+# a ")" or ":" is a prefix of almost anything typed next, and a ranker rewarded for those learns to
+# show them (on the starter's feedback it did: four full accepts of two characters each).
+USEFUL_CHARS = 4
+
 
 @dataclass(frozen=True)
 class ValueRow:
@@ -44,7 +49,8 @@ class ValueRow:
     @property
     def label(self) -> int:
         kept = self.retained is None or self.retained >= 0.5
-        return int(self.accepted and kept)
+        useful = len("".join(self.input.candidate.split())) >= USEFUL_CHARS
+        return int(self.accepted and kept and useful)
 
 
 def train_value_model(rows: list[ValueRow], l2: float = 1.0, steps: int = 500) -> ValueModel:
