@@ -56,7 +56,7 @@ def general_change(gate: dict) -> dict:
 
 
 def summarise(result: dict) -> dict:
-    cycle = result["cycles"][0] if result["cycles"] else {}
+    cycle = result["cycles"][-1] if result["cycles"] else {}  # the last cycle's gate and value model
     reports = cycle.get("reports", {})
     gate = reports.get("gate", {})
     gain = (gate.get("feedback") or {}).get("edit_similarity", {})
@@ -75,6 +75,7 @@ def summarise(result: dict) -> dict:
         "general": general,
         "worst_general_drop_relative": max(drops, default=None),
         "value_model": value_summary(reports),
+        "value_model_per_cycle": [value_summary(c.get("reports", {})) for c in result["cycles"]],
         "before": row_figures(result["rows"][0]),
         "after": [row_figures(r) for r in result["rows"][1:]],
         "meets_target": cycle.get("status") == "published"
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--repos", default="email,httpx,typer,jinja2")
     parser.add_argument("--per-file", type=int, default=20, help="suggestions asked per file at most")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cycles", type=int, default=1, help="cycles per repository (last summarised)")
     parser.add_argument("--out", type=Path, help="also write the JSON here (rewritten after each repository)")
     args = parser.parse_args()
     report: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "repos": {}}
@@ -112,7 +114,9 @@ def main() -> None:
         shutil.copytree(args.starter_home, home, ignore=shutil.ignore_patterns("runs", "redis", "feedback"))
         settings = load_settings().model_copy(update={"home": home})
         started = time.perf_counter()
-        options = DemoOptions(repository(name), cycles=1, seed=args.seed, requests_per_file=args.per_file)
+        options = DemoOptions(
+            repository(name), cycles=args.cycles, seed=args.seed, requests_per_file=args.per_file
+        )
         result = run_demo(settings, options, console)
         report["repos"][name] = summarise(result) | {"seconds": round(time.perf_counter() - started, 1)}
         if args.out:
