@@ -762,21 +762,7 @@ def second_version(models: Path) -> None:
     registry = Registry(models)
     source = registry.current()
     assert source is not None
-    with registry.stage() as staging:
-        for rel in source.manifest.files:
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source.path / rel, staging / rel)
-        m = source.manifest
-        registry.publish(
-            staging,
-            kind="retrain",
-            fim=m.fim,
-            arch=m.arch,
-            gguf=m.gguf,
-            parent=source.name,
-            hf_dir=m.hf_dir,
-            tokenizer=m.tokenizer,
-        )
+    registry.republish(source.name)
 
 
 def start_loop(home: Path, fs_kind: str, logs: Path) -> Loop:

@@ -478,12 +478,18 @@ def child_with_checkpointing(step: str, hf_dir: Path, out: Path, device: str) ->
     return retried
 
 
-def child_sft(hf_dir: Path, out: Path, device: str, checkpointing: bool) -> dict:
+def single_line_rows(count: int) -> list[dict]:
+    """General-code FIM rows with a one-line target: the same rows for every model and step."""
     from editloop.training.cycle import general_rows
+
+    return [r for r in general_rows(16, seed=0) if r["reference"].count("\n") == 0][:count]
+
+
+def child_sft(hf_dir: Path, out: Path, device: str, checkpointing: bool) -> dict:
     from editloop.training.prompts import HfPromptTokenizer
     from editloop.training.sft import SftConfig, run_sft, sft_rows
 
-    rows = [r for r in general_rows(16, seed=0) if r["reference"].count("\n") == 0][:SFT_ROWS]
+    rows = single_line_rows(SFT_ROWS)
     tokens, _ = sft_rows(HfPromptTokenizer.load(hf_dir, SFT_CONTEXT), rows, NEW_TOKENS)
     config = SftConfig(
         max_steps=1,
@@ -504,11 +510,10 @@ def child_sft(hf_dir: Path, out: Path, device: str, checkpointing: bool) -> dict
 
 
 def child_grpo(hf_dir: Path, out: Path, device: str, checkpointing: bool) -> dict:
-    from editloop.training.cycle import general_rows
     from editloop.training.grpo import GrpoConfig, run_grpo
     from editloop.training.rewards.combined import CombinedReward
 
-    rows = [r for r in general_rows(16, seed=0) if r["reference"].count("\n") == 0][:1]
+    rows = single_line_rows(1)
     config = GrpoConfig(
         max_steps=1,
         prompts_per_step=1,

@@ -243,7 +243,8 @@ def _taken_whole(story: _Story, choice: int, text: str) -> bool:
 
 def _written(story: _Story) -> str | None:
     """What the developer ended up with at the completion's spot, when the events say."""
-    for choice, accepted in story.accepted.items():
+    if story.accepted:
+        choice, accepted = next(iter(story.accepted.items()))  # an editor takes one suggestion
         corrected = story.edited.get((choice, "accepted"))
         if corrected is not None:
             return corrected.text

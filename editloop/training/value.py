@@ -13,7 +13,6 @@ recorded requests, so the cycle can ask it without generating anything.
 
 import hashlib
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,18 +149,7 @@ def top_choices(rows: list[ValueRow], scores: list[float]) -> tuple[list[str], l
 
 def show_outcome(choices: list[Choice], threshold: float) -> dict:
     """What showing each request's first choice when it scores ``threshold`` or more would have earned."""
-    shown = [c for c in choices if c.score >= threshold]
-    full = [c for c in shown if c.label]
-    reward = sum(SHOW_ACCEPTED if c.label else SHOW_REJECTED for c in shown)
-    return {
-        "requests": len(choices),
-        "shown": len(shown),
-        "full_accepts": len(full),
-        "full_accept_rate": _round(len(full) / len(shown)) if shown else None,
-        "chars_accepted": sum(c.chars for c in full),
-        "reward": round(reward, 4),
-        "reward_per_request": _round(reward / len(choices)) if choices else None,
-    }
+    return _outcome([c for c in choices if c.score >= threshold], len(choices))
 
 
 def ranker_ab(rows: list[ValueRow], scores: dict[str, list[float]], default: float) -> dict:
@@ -176,27 +164,25 @@ def ranker_ab(rows: list[ValueRow], scores: dict[str, list[float]], default: flo
         halves: tuple[list[Choice], list[Choice]] = ([], [])
         for key, choice in zip(ids, choices, strict=True):
             halves[hashlib.sha256(key.encode()).digest()[0] % 2].append(choice)
-        totals: defaultdict[str, float] = defaultdict(float)
+        shown: list[Choice] = []
         for judged, calibrating in (halves, halves[::-1]):
-            threshold = calibrate_threshold(
-                [c.score for c in calibrating], [c.label for c in calibrating], default
-            )["threshold"]
-            for key, value in show_outcome(judged, threshold).items():
-                if key in ("requests", "shown", "full_accepts", "chars_accepted", "reward"):
-                    totals[key] += value
-        report[name] = _summary(totals)
+            labels = [c.label for c in calibrating]
+            threshold = calibrate_threshold([c.score for c in calibrating], labels, default)["threshold"]
+            shown += [c for c in judged if c.score >= threshold]
+        report[name] = _outcome(shown, len(choices))
     return report
 
 
-def _summary(totals: dict[str, float]) -> dict:
-    requests, shown = int(totals["requests"]), int(totals["shown"])
+def _outcome(shown: list[Choice], requests: int) -> dict:
+    full = [c for c in shown if c.label]
+    reward = sum(SHOW_ACCEPTED if c.label else SHOW_REJECTED for c in shown)
     return {
         "requests": requests,
-        "shown": shown,
-        "full_accepts": int(totals["full_accepts"]),
-        "full_accept_rate": _round(totals["full_accepts"] / shown) if shown else None,
-        "chars_accepted": int(totals["chars_accepted"]),
-        "reward_per_request": _round(totals["reward"] / requests) if requests else None,
+        "shown": len(shown),
+        "full_accepts": len(full),
+        "full_accept_rate": _round(len(full) / len(shown)) if shown else None,
+        "chars_accepted": sum(c.chars for c in full),
+        "reward_per_request": _round(reward / requests) if requests else None,
     }
 
 
