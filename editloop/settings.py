@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     max_candidates: int = Field(
         default=8, ge=1, le=16, description="Most candidates one request may ask for."
     )
+    candidate_stretch: float = Field(
+        default=1.5,
+        ge=0,
+        le=16,
+        description="Sampled candidates stop at this many times the greedy candidate's tokens (at least 4): "
+        "a request waits for its longest candidate. 0: only the token budget bounds them.",
+    )
     cache_entries: int = Field(default=100, ge=0, description="LRU completion cache size (0 disables).")
     cache_ttl_s: float = Field(default=300.0, gt=0, description="Completion cache entry lifetime.")
 

@@ -13,7 +13,7 @@ import pytest
 from llama_cpp import Llama
 
 from editloop.errors import ModelError
-from editloop.models.backend import GenerationParams
+from editloop.models.backend import GenerationParams, alternative_limit
 from editloop.models.llama import TOP_K, LlamaBackend, _Candidate, _sampler
 from editloop.models.registry import ModelVersion
 
@@ -128,6 +128,26 @@ def test_candidates_sample_deterministically_around_a_greedy_first(backend: Llam
     assert [g.token_ids for g in other_seed.generations[1:]] != [g.token_ids for g in first.generations[1:]]
 
 
+def test_sampled_candidates_stop_at_the_stretch_of_the_greedy_one(backend: LlamaBackend) -> None:
+    prompt = fim_prompt(backend, *SNIPPETS[1])
+    free = GenerationParams(n=6, max_tokens=40, temperature=1.0, seed=3, stop=("\n",))
+    bounded = dataclasses.replace(free, stretch=1.0)
+    long, short = backend.generate(prompt, free), backend.generate(prompt, bounded)
+    assert short.generations[0] == long.generations[0]  # the greedy candidate is never bounded
+    limit = alternative_limit(len(long.generations[0].token_ids), bounded)
+    cut = 0
+    for a, b in zip(long.generations[1:], short.generations[1:], strict=True):
+        if len(a.token_ids) <= limit and not (len(a.token_ids) == limit and a.finish_reason == "length"):
+            assert b == a  # ended within the limit: untouched
+            continue
+        # Bounded: the same sample, held to the limit and ended for length.
+        cut += 1
+        assert b.token_ids == a.token_ids[:limit] and b.logprobs == a.logprobs[:limit]
+        assert a.text.startswith(b.text) and b.finish_reason == "length"
+    assert cut >= 1  # the prompt makes some sampled line outrun the greedy one
+    assert short.extra["steps"] < long.extra["steps"]
+
+
 def test_candidates_that_would_overflow_the_kv_cache_are_dropped(tiny_version: ModelVersion) -> None:
     # 512 + 2 × 256 cells: two candidates of 400 tokens fit beside a short prompt, three do not.
     b = LlamaBackend.from_version(tiny_version, n_ctx=512, max_candidates=3, n_threads=2)
@@ -191,7 +211,7 @@ def test_stop_strings_cut_the_text(backend: LlamaBackend) -> None:
 
 def test_split_utf8_characters_decode_once_complete() -> None:
     params = GenerationParams(max_tokens=8, stop=("é!",))
-    candidate = _Candidate(0, None)
+    candidate = _Candidate(0, None, params.max_tokens)
     for token, piece in enumerate([b"caf", b"\xc3", b"\xa9", b"!", b"x"]):
         candidate.add(token, -1.0, piece, params)
         if candidate.finish:

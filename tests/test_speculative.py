@@ -70,23 +70,32 @@ def _prompt(backend: LlamaBackend, prefix: str, suffix: str) -> list[int]:
     return [p, *backend.tokenize(prefix), s, *backend.tokenize(suffix), m]  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize("n, temperature", [(1, 0.0), (5, 0.8)])
-def test_drafting_never_changes_the_output(backends, n: int, temperature: float) -> None:
+@pytest.mark.parametrize(
+    "n, temperature, stretch, stop", [(1, 0.0, 0.0, ()), (5, 0.8, 0.0, ()), (5, 0.8, 1.0, ("\n",))]
+)
+def test_drafting_never_changes_the_output(
+    backends, n: int, temperature: float, stretch: float, stop: tuple[str, ...]
+) -> None:
     on, off = backends
-    drafted = accepted = 0
+    drafted = accepted = bounded = 0
     for prefix, suffix in PROMPTS:
         prompt = _prompt(on, prefix, suffix)
-        params = GenerationParams(n=n, max_tokens=40, temperature=temperature, seed=11)
+        params = GenerationParams(n=n, max_tokens=40, temperature=temperature, seed=11, stretch=stretch, stop=stop)
         with_drafts, without = on.generate(prompt, params), off.generate(prompt, params)
         assert [g.token_ids for g in with_drafts.generations] == [g.token_ids for g in without.generations]
         assert [g.text for g in with_drafts.generations] == [g.text for g in without.generations]
+        assert [g.finish_reason for g in with_drafts.generations] == [
+            g.finish_reason for g in without.generations
+        ]
         for a, b in zip(with_drafts.generations, without.generations, strict=True):
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
+        bounded += sum(g.finish_reason == "length" and len(g.token_ids) < 40 for g in without.generations)
         drafted += with_drafts.extra["drafted"]
         accepted += with_drafts.extra["accepted"]
         assert without.extra["drafted"] == 0
     # The path under test ran: drafts were made, and some were kept and some not.
     assert 0 < accepted < drafted
+    assert bounded > 0 if stretch else bounded == 0  # sampled lines held to the greedy one's stretch
 
 
 def test_drafting_takes_fewer_decode_steps_on_copy_heavy_code(backends) -> None:

@@ -99,6 +99,7 @@ def build_engine(settings: Settings, models: ModelManager[ServedModel]) -> Compl
     config = EngineConfig(
         default_max_tokens=settings.default_max_tokens,
         max_candidates=settings.max_candidates,
+        candidate_stretch=settings.candidate_stretch,
     )
     return CompletionEngine(models, config, cache, build_context(settings))
 

@@ -40,6 +40,7 @@ class EngineConfig:
     default_max_tokens: int = 64
     max_candidates: int = 8
     block_max_tokens: int = 128
+    candidate_stretch: float = 1.5  # see GenerationParams.stretch
 
 
 class ServedSource(Protocol):
@@ -176,6 +177,7 @@ class CompletionEngine:
             deadline=deadline,
             cancel=cancel,
             document=request.document_id or request.filepath,
+            stretch=self.config.candidate_stretch,
         )
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()

@@ -45,6 +45,7 @@ def engine_for(model: ServedModel | Backend, settings: Settings | None = None) -
         abstain_threshold=0.0,
         default_max_tokens=settings.default_max_tokens if settings else EngineConfig.default_max_tokens,
         max_candidates=settings.max_candidates if settings else EngineConfig.max_candidates,
+        candidate_stretch=settings.candidate_stretch if settings else EngineConfig.candidate_stretch,
     )
     return CompletionEngine(OneModel(served), config, cache=None)
 

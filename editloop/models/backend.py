@@ -6,6 +6,7 @@ or llama.cpp's on a GPU box). The engine builds token ids; a backend turns them 
 candidates with per-token log-probs.
 """
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ class GenerationParams:
     cancel: threading.Event | None = None  # set by a newer request or a disconnect ("cancelled")
     # Whose prompt this is (a file): a backend that caches prompts keeps one cache per document.
     document: str | None = None
+    # Sampled candidates end ("length") at this many times the greedy candidate's tokens (see
+    # alternative_limit); 0: only max_tokens bounds them. Honoured by the in-process backend.
+    stretch: float = 0.0
 
     def interruption(self) -> FinishReason | None:
         """Why decoding must stop now, if it must."""
@@ -38,6 +42,26 @@ class GenerationParams:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "deadline"
         return None
+
+
+# However short the greedy candidate, a sampled one may run this many tokens.
+ALTERNATIVE_FLOOR = 4
+
+
+def alternative_limit(greedy_tokens: int, params: GenerationParams) -> int:
+    """The most tokens a sampled candidate keeps once the greedy one has ended with ``greedy_tokens``.
+
+    A request waits for its longest candidate: one sampled line that runs on far past the greedy
+    one would set the whole request's latency.
+
+    >>> alternative_limit(6, GenerationParams(max_tokens=64, stretch=1.5))
+    9
+    >>> alternative_limit(1, GenerationParams(max_tokens=64, stretch=1.5)), alternative_limit(1, GenerationParams())
+    (4, 64)
+    """
+    if params.stretch <= 0:
+        return params.max_tokens
+    return min(params.max_tokens, max(ALTERNATIVE_FLOOR, math.ceil(params.stretch * greedy_tokens)))
 
 
 @dataclass

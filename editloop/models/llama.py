@@ -10,7 +10,9 @@ Latency on editor traffic comes from four things, all here:
 - **n candidates, one batch.** Candidates share the prompt's KV (a unified KV cache makes
   ``llama_memory_seq_cp`` a metadata copy). Candidates that have produced the same tokens share
   one sequence and are decoded once; a sequence forks only where their tokens differ, so a
-  candidate that duplicates another costs nothing until it stops duplicating it.
+  candidate that duplicates another costs nothing until it stops duplicating it. A request waits
+  for its longest candidate, so once the greedy one has ended the sampled ones are held to
+  ``params.stretch`` times its length (:func:`~editloop.models.backend.alternative_limit`).
 - **Sampling in llama.cpp.** Candidate 0 is greedy; each other one samples with its own seeded
   llama.cpp sampler chain (top-k, temperature, top-p, dist). The ranker's log-probs (under the
   unscaled distribution) are one vectorised log-softmax per decoded row.
@@ -49,7 +51,13 @@ from llama_cpp._logger import set_verbose
 from llama_cpp._utils import suppress_stdout_stderr
 
 from editloop.errors import ModelError
-from editloop.models.backend import FinishReason, Generation, GenerationParams, GenerationResult
+from editloop.models.backend import (
+    FinishReason,
+    Generation,
+    GenerationParams,
+    GenerationResult,
+    alternative_limit,
+)
 from editloop.models.fim import FimTemplate
 from editloop.models.kvcache import LruSlots, ReusePlan, plan_reuse, staleness
 from editloop.models.registry import ModelVersion
@@ -422,6 +430,7 @@ class _Candidate:
 
     index: int
     sampler: Any  # a llama.cpp sampler chain; None: greedy
+    limit: int  # the most tokens it may emit
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
@@ -446,8 +455,20 @@ class _Candidate:
             if found:
                 self.cut, self.finish = min(found), "stop"
                 return
-        if len(self.tokens) >= params.max_tokens:
+        if len(self.tokens) >= self.limit:
             self.finish = "length"
+
+    def bound(self, limit: int) -> None:
+        """Hold it to ``limit`` tokens, ending as it would have had the limit applied from the start.
+
+        Accepted drafts can carry a candidate past the limit, or to its end, before the limit is
+        known; those tokens are taken back so that speculation never changes the output.
+        """
+        self.limit = limit = min(self.limit, limit)
+        if len(self.tokens) > limit or (len(self.tokens) == limit and self.cut is None):
+            self.text = self.text[: self.ends[limit - 1]] if limit else ""
+            del self.tokens[limit:], self.logprobs[limit:], self.ends[limit:]
+            self.cut, self.finish = None, "length"
 
     def result(self) -> Generation:
         assert self.finish is not None
@@ -482,7 +503,9 @@ class _Decoder:
         self.backend = backend
         self.params = params
         self.prompt_len = len(prompt)
-        self.candidates = [_Candidate(i, _sampler(params, i) if i else None) for i in range(count)]
+        self.candidates = [
+            _Candidate(i, _sampler(params, i) if i else None, params.max_tokens) for i in range(count)
+        ]
         self.base = backend._draft_base(prompt) if backend.draft_max else None
         self.free_seqs = list(range(backend.max_candidates - 1, 0, -1))
         self.stats = {"steps": 0, "drafted": 0, "accepted": 0, "branches": 1}
@@ -492,8 +515,11 @@ class _Decoder:
 
     def run(self, prompt_row: int) -> None:
         branches = [_Branch(0, list(self.candidates), [], self.prompt_len - 1, [prompt_row])]
+        bounded = False
         while True:
             branches = [b for branch in branches for b in self._advance(branch)]
+            if not bounded and self.candidates[0].finish is not None:
+                branches, bounded = self._bound_alternatives(branches), True
             interrupted = self.params.interruption() if branches else None
             if not branches or interrupted:
                 self.interrupt(interrupted)
@@ -511,6 +537,20 @@ class _Decoder:
             if c.sampler is not None:
                 llama_cpp.llama_sampler_free(c.sampler)
                 c.sampler = None
+
+    def _bound_alternatives(self, branches: list[_Branch]) -> list[_Branch]:
+        """Once the greedy candidate has ended, hold the sampled ones to its length's limit."""
+        limit = alternative_limit(len(self.candidates[0].tokens), self.params)
+        for c in self.candidates[1:]:
+            c.bound(limit)
+        live: list[_Branch] = []
+        for b in branches:
+            b.candidates = [c for c in b.candidates if c.finish is None]
+            if b.candidates:
+                live.append(b)
+            else:
+                self._release(b.seq)
+        return live
 
     # -- one step --------------------------------------------------------------------------
 
@@ -580,7 +620,7 @@ class _Decoder:
             return []
         c = branch.candidates[0]
         greedy = any(m.sampler is None for m in branch.candidates)
-        room = min(self.backend._drafts.length(greedy), self.params.max_tokens - len(c.tokens) - 1)
+        room = min(self.backend._drafts.length(greedy), c.limit - len(c.tokens) - 1)
         if room <= 0:
             return []
         return draft(np.concatenate([self.base, np.asarray(c.tokens, dtype=np.int64)]), room)
