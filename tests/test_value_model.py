@@ -168,3 +168,54 @@ def test_a_tiny_suggestion_taken_whole_is_not_worth_showing() -> None:
     short = ValueRow(ValueInput("f(x", "\n", ")", [-0.1], True), accepted=True)
     useful = ValueRow(ValueInput("f(x", "\n", ") + 10", [-0.1], True), accepted=True)
     assert (short.label, useful.label) == (0, 1)
+
+
+def test_the_value_model_starts_from_the_log_prob_score() -> None:
+    from editloop.completion.value import FEATURES, logprob_score
+
+    untrained = ValueModel(
+        [0.0] * len(FEATURES), 0.0, [0.0] * len(FEATURES), [1.0] * len(FEATURES), offset=True
+    )
+    for text, logprobs, valid in [
+        ("x = 1", [-0.2, -0.4], True),
+        ("x = (", [-0.1], False),
+        ("y", [-3.0], True),
+    ]:
+        value = ValueInput("", "\n", text, logprobs, valid)
+        assert untrained.predict(value) == pytest.approx(logprob_score(value), rel=1e-6)
+    # A copy from the codebase has no log-probs: its share of the codebase is its log-prob score.
+    assert untrained.predict(
+        ValueInput("", "\n", "z", None, True, score=0.3, source="codebase")
+    ) == pytest.approx(0.3)
+
+
+def test_regularisation_is_chosen_by_cross_validation() -> None:
+    from editloop.training.value import L2_GRID
+
+    def plain(n: int, seed: int) -> list[ValueRow]:
+        """Labels follow the log-probs alone; the other features vary at random."""
+        rng = random.Random(seed)
+        texts = ["x = 1", ")", "f(a, b)", "return None"]
+        return [
+            ValueRow(
+                ValueInput("", "\n", rng.choice(texts), [math.log(p)] * 2, True),
+                rng.random() < p,
+                request=f"r{i}",
+            )
+            for i, p in enumerate(rng.random() for _ in range(n))
+        ]
+
+    # Nothing to correct: the model ranks held-out rows as log-prob does, not worse.
+    report = evaluate(train_value_model(plain(400, 5)), plain(300, 6))
+    assert report["auc"] >= report["baseline_auc"] - 0.01
+    # Something to learn: the chosen strength keeps it, where the grid's strongest shrinks it away.
+    chosen = train_value_model(_agreeing_rows(400, 0))
+    assert chosen.l2 in L2_GRID and chosen.l2 < L2_GRID[-1]
+    held = _agreeing_rows(200, 1)
+    shrunk = train_value_model(_agreeing_rows(400, 0), l2=L2_GRID[-1])
+    assert _log_loss(chosen, held) < _log_loss(shrunk, held)
+
+
+def _log_loss(model: ValueModel, rows: list[ValueRow]) -> float:
+    predictions = model.predict_many([r.input for r in rows])
+    return -sum(math.log(p if r.label else 1 - p) for p, r in zip(predictions, rows, strict=True)) / len(rows)

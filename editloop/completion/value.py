@@ -2,7 +2,9 @@
 
 A logistic regression over features of the candidate, its context and the other candidates decoded
 for the same request — the model's own token log-probabilities, and how many of its samples agree
-(self-consistency) — in the spirit of Copilot's contextual filter. It is
+(self-consistency) — in the spirit of Copilot's contextual filter. It starts from the score it
+replaces: the log-odds of the log-prob ranker's score is its offset, and the weights learn only a
+correction, so with little feedback it ranks as log-prob does rather than worse. It is
 small enough to retrain every cycle on a few hundred rows, cheap enough to score every
 candidate on the request path, and it is judged against what it replaces: the log-probability
 score alone (held-out AUC for both is reported every cycle).
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from editloop.completion.ranker import RankContext, RankInput
+from editloop.completion.ranker import LogprobRanker, RankContext, RankInput
 from editloop.errors import ModelError
 from editloop.metrics import edit_similarity
 
@@ -120,13 +122,20 @@ class ValueModel:
     scale: list[float]
     feature_names: tuple[str, ...] = FEATURES
     metrics: dict | None = None
+    # True: the log-odds of the log-prob ranker's score is added to the linear term (models saved
+    # before it was introduced have none).
+    offset: bool = False
+    l2: float | None = None  # the regularisation it was fitted with
 
     def predict_many(self, inputs: list[ValueInput]) -> list[float]:
         if not inputs:
             return []
         # A model saved before a feature was appended reads the features it knows (a prefix).
         x = (np.array([features(v)[: len(self.weights)] for v in inputs]) - self.mean) / self.scale
-        return [float(p) for p in sigmoid(x @ np.array(self.weights) + self.bias)]
+        z = x @ np.array(self.weights) + self.bias
+        if self.offset:
+            z += log_odds(np.array([logprob_score(v) for v in inputs]))
+        return [float(p) for p in sigmoid(z)]
 
     def predict(self, value: ValueInput) -> float:
         return self.predict_many([value])[0]
@@ -185,6 +194,19 @@ def others_of(text: str, samples: tuple[str, ...]) -> tuple[str, ...]:
     if text in rest:
         rest.remove(text)
     return tuple(rest)
+
+
+def logprob_score(value: ValueInput) -> float:
+    """What the log-prob ranker scores the candidate (the recorded score when log-probs are lost)."""
+    if not value.logprobs:
+        return value.score or 0.0
+    context = RankContext(value.prefix, value.suffix, "", "")
+    return LogprobRanker().score(context, [RankInput(value.candidate, value.logprobs, value.parse_valid)])[0]
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(clipped / (1 - clipped))
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

@@ -502,7 +502,12 @@ def train_value(data: Dataset, default: float) -> tuple[ValueModel | None, dict]
     except ModelError as exc:
         return None, {"published": False, "reason": str(exc), "rows": len(data.value_rows)}
     heldout = evaluate(model, data.value_heldout)
-    report = {"train_rows": len(data.value_train), **heldout, "rank_p50_ms": rank_cost_ms(model, data)}
+    report = {
+        "train_rows": len(data.value_train),
+        "l2": model.l2,
+        **heldout,
+        "rank_p50_ms": rank_cost_ms(model, data),
+    }
     if heldout["auc"] is None or heldout["baseline_auc"] is None:
         return None, report | {"published": False, "reason": "held-out rows lack accepted or rejected ones"}
     ab = ranker_ab(data.value_heldout, scores_by_ranker(data, model), default)

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from editloop.completion.ranker import LogprobRanker, RankContext, RankInput
-from editloop.completion.value import ValueInput, ValueModel, features, sigmoid
+from editloop.completion.value import ValueInput, ValueModel, features, log_odds, logprob_score, sigmoid
 from editloop.errors import ModelError
 
 # A suggestion taken whole counts as worth showing only when it saves this many non-blank characters:
 # a ")" or ":" is a prefix of almost anything typed next, and a ranker rewarded for those learns to
 # show them (on the starter's feedback it did: four full accepts of two characters each).
 USEFUL_CHARS = 4
+# Regularisation strengths the cycle chooses among by cross-validation, and its number of folds.
+L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
+CV_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -52,27 +54,69 @@ class ValueRow:
         return int(self.accepted and kept and useful)
 
 
-def train_value_model(rows: list[ValueRow], l2: float = 1.0, steps: int = 500) -> ValueModel:
-    """Fit by Newton steps on the L2-regularised log loss (a few hundred rows: milliseconds)."""
+def train_value_model(rows: list[ValueRow], l2: float | None = None, steps: int = 500) -> ValueModel:
+    """A correction to the log-prob score, fitted by Newton steps on the L2-regularised log loss.
+
+    ``l2`` None chooses it from :data:`L2_GRID` by cross-validation on ``rows`` (folds by request,
+    as candidates of one request are not independent): a few hundred rows with a dozen positives
+    cannot carry much correction, and a large ``l2`` shrinks it towards plain log-prob.
+    """
     if len({r.label for r in rows}) < 2:
         raise ModelError("the value model needs both accepted and rejected candidates to learn from")
     x = np.array([features(r.input) for r in rows])
     y = np.array([r.label for r in rows], dtype=float)
+    offset = log_odds(np.array(logprob_scores(rows)))
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = np.hstack([(x - mean) / scale, np.ones((len(rows), 1))])
+    if l2 is None:
+        l2 = _choose_l2(z, offset, y, [_fold(r, i) for i, r in enumerate(rows)], steps)
+    w = _fit(z, offset, y, l2, steps)
+    return ValueModel(
+        list(map(float, w[:-1])),
+        float(w[-1]),
+        list(map(float, mean)),
+        list(map(float, scale)),
+        offset=True,
+        l2=l2,
+    )
+
+
+def _fit(z: np.ndarray, offset: np.ndarray, y: np.ndarray, l2: float, steps: int) -> np.ndarray:
     w = np.zeros(z.shape[1])
     penalty = np.eye(z.shape[1]) * l2
     penalty[-1, -1] = 0.0  # the bias is not shrunk
     for _ in range(steps):
-        p = sigmoid(z @ w)
+        p = sigmoid(z @ w + offset)
         gradient = z.T @ (p - y) + penalty @ w
         hessian = (z * (p * (1 - p))[:, None]).T @ z + penalty
         step = np.linalg.solve(hessian, gradient)
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return ValueModel(list(map(float, w[:-1])), float(w[-1]), list(map(float, mean)), list(map(float, scale)))
+    return w
+
+
+def _choose_l2(z: np.ndarray, offset: np.ndarray, y: np.ndarray, folds: list[int], steps: int) -> float:
+    """The grid's ``l2`` with the least cross-validated log loss (the largest on a tie)."""
+    fold = np.array(folds)
+    losses = {}
+    for l2 in L2_GRID:
+        loss = 0.0
+        for k in range(CV_FOLDS):
+            train, test = fold != k, fold == k
+            if not test.any() or len(set(y[train])) < 2:
+                continue
+            w = _fit(z[train], offset[train], y[train], l2, steps)
+            p = np.clip(sigmoid(z[test] @ w + offset[test]), 1e-6, 1 - 1e-6)
+            loss -= float((y[test] * np.log(p) + (1 - y[test]) * np.log(1 - p)).sum())
+        losses[l2] = loss
+    return min(reversed(L2_GRID), key=lambda l2: losses[l2])
+
+
+def _fold(row: ValueRow, index: int) -> int:
+    key = row.request or f"row-{index}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % CV_FOLDS
 
 
 def auc(scores: list[float], labels: list[int]) -> float | None:
@@ -103,18 +147,7 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 def logprob_scores(rows: list[ValueRow]) -> list[float]:
     """What the log-prob ranker scored each row's candidate (the event's score when logprobs are lost)."""
-    ranker = LogprobRanker()
-    return [_logprob_score(ranker, r.input) for r in rows]
-
-
-def _logprob_score(ranker: LogprobRanker, value: ValueInput) -> float:
-    if not value.logprobs:
-        return value.score or 0.0
-    return ranker.score(_context(value), [RankInput(value.candidate, value.logprobs, value.parse_valid)])[0]
-
-
-def _context(value: ValueInput) -> RankContext:
-    return RankContext(value.prefix, value.suffix, "", "")
+    return [logprob_score(r.input) for r in rows]
 
 
 def evaluate(model: ValueModel, rows: list[ValueRow]) -> dict:
