@@ -80,7 +80,9 @@ def test_drafting_never_changes_the_output(
     drafted = accepted = bounded = 0
     for prefix, suffix in PROMPTS:
         prompt = _prompt(on, prefix, suffix)
-        params = GenerationParams(n=n, max_tokens=40, temperature=temperature, seed=11, stretch=stretch, stop=stop)
+        params = GenerationParams(
+            n=n, max_tokens=40, temperature=temperature, seed=11, stretch=stretch, stop=stop
+        )
         with_drafts, without = on.generate(prompt, params), off.generate(prompt, params)
         assert [g.token_ids for g in with_drafts.generations] == [g.token_ids for g in without.generations]
         assert [g.text for g in with_drafts.generations] == [g.text for g in without.generations]

@@ -56,8 +56,10 @@ def alternative_limit(greedy_tokens: int, params: GenerationParams) -> int:
 
     >>> alternative_limit(6, GenerationParams(max_tokens=64, stretch=1.5))
     9
-    >>> alternative_limit(1, GenerationParams(max_tokens=64, stretch=1.5)), alternative_limit(1, GenerationParams())
-    (4, 64)
+    >>> alternative_limit(1, GenerationParams(max_tokens=64, stretch=1.5))
+    4
+    >>> alternative_limit(1, GenerationParams(max_tokens=64))  # stretch 0: no limit
+    64
     """
     if params.stretch <= 0:
         return params.max_tokens
