@@ -171,7 +171,7 @@ def test_a_tiny_suggestion_taken_whole_is_not_worth_showing() -> None:
 
 
 def test_the_value_model_starts_from_the_log_prob_score() -> None:
-    from editloop.completion.value import FEATURES, logprob_score
+    from editloop.completion.value import FEATURES, logprob_ranker_scores
 
     untrained = ValueModel(
         [0.0] * len(FEATURES), 0.0, [0.0] * len(FEATURES), [1.0] * len(FEATURES), offset=True
@@ -182,7 +182,7 @@ def test_the_value_model_starts_from_the_log_prob_score() -> None:
         ("y", [-3.0], True),
     ]:
         value = ValueInput("", "\n", text, logprobs, valid)
-        assert untrained.predict(value) == pytest.approx(logprob_score(value), rel=1e-6)
+        assert untrained.predict(value) == pytest.approx(logprob_ranker_scores([value])[0], rel=1e-6)
     # A copy from the codebase has no log-probs: its share of the codebase is its log-prob score.
     assert untrained.predict(
         ValueInput("", "\n", "z", None, True, score=0.3, source="codebase")

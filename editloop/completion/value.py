@@ -134,7 +134,7 @@ class ValueModel:
         x = (np.array([features(v)[: len(self.weights)] for v in inputs]) - self.mean) / self.scale
         z = x @ np.array(self.weights) + self.bias
         if self.offset:
-            z += log_odds(np.array([logprob_score(v) for v in inputs]))
+            z += log_odds(np.array(logprob_ranker_scores(inputs)))
         return [float(p) for p in sigmoid(z)]
 
     def predict(self, value: ValueInput) -> float:
@@ -196,12 +196,11 @@ def others_of(text: str, samples: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(rest)
 
 
-def logprob_score(value: ValueInput) -> float:
-    """What the log-prob ranker scores the candidate (the recorded score when log-probs are lost)."""
-    if not value.logprobs:
-        return value.score or 0.0
-    context = RankContext(value.prefix, value.suffix, "", "")
-    return LogprobRanker().score(context, [RankInput(value.candidate, value.logprobs, value.parse_valid)])[0]
+def logprob_ranker_scores(values: list[ValueInput]) -> list[float]:
+    """What the log-prob ranker scores each candidate (the recorded score where log-probs are lost)."""
+    inputs = [RankInput(v.candidate, v.logprobs or [], v.parse_valid) for v in values]
+    scores = LogprobRanker().score(RankContext("", "", "", ""), inputs)
+    return [s if v.logprobs else v.score or 0.0 for v, s in zip(values, scores, strict=True)]
 
 
 def log_odds(p: np.ndarray) -> np.ndarray:

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from editloop.completion.value import ValueInput, ValueModel, features, log_odds, logprob_score, sigmoid
+from editloop.completion.value import (
+    ValueInput,
+    ValueModel,
+    features,
+    log_odds,
+    logprob_ranker_scores,
+    sigmoid,
+)
 from editloop.errors import ModelError
 
 # A suggestion taken whole counts as worth showing only when it saves this many non-blank characters:
@@ -115,8 +122,12 @@ def _choose_l2(z: np.ndarray, offset: np.ndarray, y: np.ndarray, folds: list[int
 
 
 def _fold(row: ValueRow, index: int) -> int:
-    key = row.request or f"row-{index}"
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % CV_FOLDS
+    return _bucket(row.request or f"row-{index}", CV_FOLDS)
+
+
+def _bucket(key: str, count: int) -> int:
+    """A stable bucket in ``range(count)`` for a request (cross-validation folds, the A/B's halves)."""
+    return hashlib.sha256(key.encode()).digest()[0] % count
 
 
 def auc(scores: list[float], labels: list[int]) -> float | None:
@@ -147,7 +158,7 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 def logprob_scores(rows: list[ValueRow]) -> list[float]:
     """What the log-prob ranker scored each row's candidate (the event's score when logprobs are lost)."""
-    return [logprob_score(r.input) for r in rows]
+    return logprob_ranker_scores([r.input for r in rows])
 
 
 def evaluate(model: ValueModel, rows: list[ValueRow]) -> dict:
@@ -196,7 +207,7 @@ def ranker_ab(rows: list[ValueRow], scores: dict[str, list[float]], default: flo
         ids, choices = top_choices(rows, ranked)
         halves: tuple[list[Choice], list[Choice]] = ([], [])
         for key, choice in zip(ids, choices, strict=True):
-            halves[hashlib.sha256(key.encode()).digest()[0] % 2].append(choice)
+            halves[_bucket(key, 2)].append(choice)
         shown: list[Choice] = []
         for judged, calibrating in (halves, halves[::-1]):
             labels = [c.label for c in calibrating]
