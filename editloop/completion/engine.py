@@ -16,7 +16,7 @@ from typing import Protocol
 
 from editloop.completion.cache import CompletionCache
 from editloop.completion.context.workspace import CodebaseCandidate, ContextService, Workspace
-from editloop.completion.postprocess import dedupe, drop_reason, resolve_mode, truncate
+from editloop.completion.postprocess import Cleaner, dedupe, resolve_mode
 from editloop.completion.prompt import build_prompt
 from editloop.completion.ranker import RankContext, Ranker, RankInput, should_abstain
 from editloop.completion.served import ServedModel
@@ -181,8 +181,9 @@ class CompletionEngine:
         )
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()
-        reports, rank_ms = self._rank(ranking.ranker, generated.generations, request, language, mode)
-        reports += self._copies(ranking.ranker, copies, reports, request, language, mode)
+        cleaner = Cleaner(request.prefix, request.suffix, language)
+        reports, rank_ms = self._rank(ranking.ranker, generated.generations, request, language, mode, cleaner)
+        reports += self._copies(ranking.ranker, copies, reports, request, language, mode, cleaner)
         choices = _choices(reports, request.n)
         abstained = should_abstain(choices[0].score if choices else None, ranking.threshold)
         if self.cache is not None and choices and not cancel.is_set():
@@ -225,10 +226,11 @@ class CompletionEngine:
         request: CompletionRequest,
         language: str,
         mode: ResolvedMode,
+        cleaner: Cleaner,
     ) -> tuple[list[CandidateReport], float]:
         """Every candidate's report, and how long the ranker took (ms)."""
-        texts = [truncate(g.text, mode, request.prefix, request.suffix, language) for g in generations]
-        reasons = [drop_reason(t, request.prefix, request.suffix, language) for t in texts]
+        texts = [cleaner.truncate(g.text, mode) for g in generations]
+        reasons = [cleaner.drop_reason(t) for t in texts]
         first = set(dedupe(texts))
         reasons = [r or (None if i in first else "duplicate") for i, r in enumerate(reasons)]
         kept = [i for i, r in enumerate(reasons) if r is None]
@@ -262,6 +264,7 @@ class CompletionEngine:
         request: CompletionRequest,
         language: str,
         mode: ResolvedMode,
+        cleaner: Cleaner,
     ) -> list[CandidateReport]:
         """Reports of the codebase's continuations, scored by the same ranker as the model's.
 
@@ -272,8 +275,8 @@ class CompletionEngine:
         reasons: list[str | None] = []
         valid: dict[int, bool | None] = {}
         for copy in copies:
-            text = truncate(copy.text, mode, request.prefix, request.suffix, language)
-            reason = drop_reason(text, request.prefix, request.suffix, language)
+            text = cleaner.truncate(copy.text, mode)
+            reason = cleaner.drop_reason(text)
             reason = reason or ("duplicate" if text in taken else None)
             taken.add(text)
             if reason is None:

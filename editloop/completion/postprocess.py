@@ -1,9 +1,9 @@
 """Cleaning raw model candidates before they are checked, ranked and shown.
 
-The engine runs every candidate through ``truncate`` (cut to the line or block asked for, and trim
-text the model re-generated from the suffix), then ``drop_reason`` (why it must not be shown at all),
-then ``dedupe``. All of it is plain string work on the few lines around the cursor, so five
-candidates cost well under a few milliseconds whatever the size of the file.
+The engine runs every candidate through one request's :class:`Cleaner`: ``truncate`` (cut to the
+line or block asked for, and trim text the model re-generated from the suffix), then ``drop_reason``
+(why it must not be shown at all), then ``dedupe``. All of it is plain string work on the few lines
+around the cursor, so five candidates cost well under a few milliseconds whatever the size of the file.
 
 >>> truncate("x + 1)\\nprint(total)", "line", "total = f(", ")\\n", "python")
 'x + 1'
@@ -128,6 +128,39 @@ def _resolve(mode: str, cursor: _Cursor) -> Literal["line", "block"]:
     return "block" if not cursor.line_prefix.strip() else "line"
 
 
+class Cleaner:
+    """``truncate`` and ``drop_reason`` for one cursor: the lines around it are cut out, and the
+    brackets open before it read, once for all of a request's candidates."""
+
+    def __init__(self, prefix: str, suffix: str, language: str) -> None:
+        self.suffix = suffix
+        self.language = canonical_language(language)
+        self.cursor = _Cursor(prefix, suffix, self.language)
+
+    def truncate(self, text: str, mode: str) -> str:
+        """See :func:`truncate`."""
+        if _resolve(mode, self.cursor) == "line":
+            out = text.split("\n", 1)[0].rstrip("\r")
+        else:
+            block = _truncate_block(text, self.cursor, self.suffix, self.language)
+            out = _trim_repeated_lines(block, self.suffix)
+        return _trim_suffix_overlap(out, self.cursor, self.language)
+
+    def drop_reason(self, text: str) -> str | None:
+        """See :func:`drop_reason`."""
+        if not text:
+            return EMPTY
+        if not text.strip():
+            return WHITESPACE
+        if _duplicates_suffix(text, self.suffix):
+            return DUPLICATES_SUFFIX
+        if _is_repetitive(text, self.cursor):
+            return REPETITIVE
+        if _is_unbalanced(text, self.cursor, self.language):
+            return UNBALANCED_BRACKETS
+        return None
+
+
 def truncate(text: str, mode: str, prefix: str, suffix: str, language: str) -> str:
     """Cut a raw candidate to the rest of the line or to the block, then trim what the suffix repeats.
 
@@ -136,13 +169,7 @@ def truncate(text: str, mode: str, prefix: str, suffix: str, language: str) -> s
     >>> truncate("if x:\\n        y()\\n    z()", "block", "def f(x):\\n    a = 1\\n    ", "", "python")
     'if x:\\n        y()'
     """
-    lang = canonical_language(language)
-    cursor = _Cursor(prefix, suffix, lang)
-    if _resolve(mode, cursor) == "line":
-        out = text.split("\n", 1)[0].rstrip("\r")
-    else:
-        out = _trim_repeated_lines(_truncate_block(text, cursor, suffix, lang), suffix)
-    return _trim_suffix_overlap(out, cursor, lang)
+    return Cleaner(prefix, suffix, language).truncate(text, mode)
 
 
 def drop_reason(text: str, prefix: str, suffix: str, language: str) -> str | None:
@@ -153,19 +180,7 @@ def drop_reason(text: str, prefix: str, suffix: str, language: str) -> str | Non
     >>> drop_reason("foo(a, b", "x = ", "\\n", "python")
     'unbalanced_brackets'
     """
-    if not text:
-        return EMPTY
-    if not text.strip():
-        return WHITESPACE
-    lang = canonical_language(language)
-    cursor = _Cursor(prefix, suffix, lang)
-    if _duplicates_suffix(text, suffix):
-        return DUPLICATES_SUFFIX
-    if _is_repetitive(text, cursor):
-        return REPETITIVE
-    if _is_unbalanced(text, cursor, lang):
-        return UNBALANCED_BRACKETS
-    return None
+    return Cleaner(prefix, suffix, language).drop_reason(text)
 
 
 def dedupe(texts: list[str]) -> list[int]:
