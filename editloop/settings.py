@@ -135,8 +135,9 @@ class Settings(BaseSettings):
         default=1.5,
         ge=0,
         le=16,
-        description="Sampled candidates stop at this many times the greedy candidate's tokens (at least 4): "
-        "a request waits for its longest candidate. 0: only the token budget bounds them.",
+        description="Sampled candidates stop at this many times the greedy candidate's length in decode "
+        "rounds, a run it copies from the context counting as one (at least 4 tokens): a request waits "
+        "for its longest candidate. 0: only the token budget bounds them.",
     )
     cache_entries: int = Field(default=100, ge=0, description="LRU completion cache size (0 disables).")
     cache_ttl_s: float = Field(default=300.0, gt=0, description="Completion cache entry lifetime.")

@@ -16,6 +16,7 @@ from editloop.errors import ModelError
 from editloop.models.backend import GenerationParams, alternative_limit
 from editloop.models.llama import TOP_K, LlamaBackend, _Candidate, _sampler
 from editloop.models.registry import ModelVersion
+from editloop.models.speculative import copy_rounds
 
 SNIPPETS = [
     ("import os\n\n\ndef main(args):\n    ", "\n    return 0\n"),
@@ -134,7 +135,8 @@ def test_sampled_candidates_stop_at_the_stretch_of_the_greedy_one(backend: Llama
     bounded = dataclasses.replace(free, stretch=1.0)
     long, short = backend.generate(prompt, free), backend.generate(prompt, bounded)
     assert short.generations[0] == long.generations[0]  # the greedy candidate is never bounded
-    limit = alternative_limit(len(long.generations[0].token_ids), bounded)
+    rounds = copy_rounds(backend._draft_base(prompt), long.generations[0].token_ids)
+    limit = alternative_limit(rounds, bounded)
     cut = 0
     for a, b in zip(long.generations[1:], short.generations[1:], strict=True):
         if len(a.token_ids) <= limit and not (len(a.token_ids) == limit and a.finish_reason == "length"):

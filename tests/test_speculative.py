@@ -4,10 +4,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from editloop.models.backend import GenerationParams
+from editloop.models.backend import GenerationParams, alternative_limit
 from editloop.models.llama import LlamaBackend
 from editloop.models.registry import ModelVersion
-from editloop.models.speculative import DraftPolicy, draft
+from editloop.models.speculative import DraftPolicy, copy_rounds, draft
 
 # Copy-heavy: the lines to write repeat ones above the cursor.
 PROMPTS = [
@@ -31,6 +31,15 @@ def test_draft_copies_what_followed_the_latest_longest_match() -> None:
     assert draft([7], max_tokens=3) == []
 
 
+def test_copy_rounds_count_a_copied_run_as_one_round() -> None:
+    context = [7, 1, 2, 3, 9, 8, 6]
+    assert copy_rounds(context, [4, 5, 0]) == 3  # nothing to copy: a round a token
+    assert copy_rounds(context, [5, 1, 2, 3, 9, 8, 6]) == 4  # 5; 1; 2; then 3 9 8 6 copied
+    assert copy_rounds(context, [5, 1, 2, 3, 9, 8, 6], max_draft=2) == 5  # 3 9 8; 6
+    assert copy_rounds(context, [5, 1, 2, 3, 9, 8, 6], max_draft=0) == 7
+    assert copy_rounds(context, []) == 0
+
+
 def test_policy_drafts_only_where_it_pays() -> None:
     cheap = DraftPolicy(limit=8)
     assert cheap.length() == 0  # a plain step is measured first
@@ -48,6 +57,8 @@ def test_policy_drafts_only_where_it_pays() -> None:
     for _ in range(20):
         middling.record_draft(4, 4)  # drafts kept: longer ones pay
     assert middling.length() > before
+    # Among four sampled sequences a kept token saves a step only on the slowest one.
+    assert middling.length(greedy=True, sharing=4) < middling.length(greedy=True)
     for _ in range(40):
         middling.record_draft(4, 0)
     assert middling.length() == 0
@@ -98,6 +109,23 @@ def test_drafting_never_changes_the_output(
     # The path under test ran: drafts were made, and some were kept and some not.
     assert 0 < accepted < drafted
     assert bounded > 0 if stretch else bounded == 0  # sampled lines held to the greedy one's stretch
+
+
+def test_sampled_lines_get_as_many_rounds_as_the_greedy_one_copies_in(backends) -> None:
+    on, _ = backends
+    copied = 0
+    for prefix, suffix in PROMPTS:
+        prompt = _prompt(on, prefix, suffix)
+        params = GenerationParams(n=5, max_tokens=40, temperature=0.8, seed=5, stretch=1.0, stop=("\n",))
+        result = on.generate(prompt, params)
+        greedy = result.generations[0].token_ids
+        rounds = copy_rounds(on._draft_base(prompt), greedy)
+        copied += rounds < len(greedy)
+        limit = alternative_limit(rounds, params)
+        assert all(len(g.token_ids) <= limit for g in result.generations[1:])
+        # So the request takes about as many decode steps as the greedy line alone.
+        assert result.extra["steps"] <= limit
+    assert copied  # some greedy line copied a run: the limit is tighter than its token count
 
 
 def test_drafting_takes_fewer_decode_steps_on_copy_heavy_code(backends) -> None:

@@ -31,8 +31,9 @@ class GenerationParams:
     cancel: threading.Event | None = None  # set by a newer request or a disconnect ("cancelled")
     # Whose prompt this is (a file): a backend that caches prompts keeps one cache per document.
     document: str | None = None
-    # Sampled candidates end ("length") at this many times the greedy candidate's tokens (see
-    # alternative_limit); 0: only max_tokens bounds them. Honoured by the in-process backend.
+    # Sampled candidates end ("length") at this many times the greedy candidate's length in decode
+    # rounds (see alternative_limit); 0: only max_tokens bounds them. Honoured by the in-process
+    # backend.
     stretch: float = 0.0
 
     def interruption(self) -> FinishReason | None:
@@ -48,11 +49,13 @@ class GenerationParams:
 ALTERNATIVE_FLOOR = 4
 
 
-def alternative_limit(greedy_tokens: int, params: GenerationParams) -> int:
-    """The most tokens a sampled candidate keeps once the greedy one has ended with ``greedy_tokens``.
+def alternative_limit(greedy_rounds: int, params: GenerationParams) -> int:
+    """The most tokens a sampled candidate keeps once the greedy one has ended in ``greedy_rounds``.
 
     A request waits for its longest candidate: one sampled line that runs on far past the greedy
-    one would set the whole request's latency.
+    one would set the whole request's latency. The greedy length is counted in decode rounds
+    (:func:`~editloop.models.speculative.copy_rounds`: a run copied from the context is one round)
+    because a sampled line seldom copies, so it takes a step a token.
 
     >>> alternative_limit(6, GenerationParams(max_tokens=64, stretch=1.5))
     9
@@ -63,7 +66,7 @@ def alternative_limit(greedy_tokens: int, params: GenerationParams) -> int:
     """
     if params.stretch <= 0:
         return params.max_tokens
-    return min(params.max_tokens, max(ALTERNATIVE_FLOOR, math.ceil(params.stretch * greedy_tokens)))
+    return min(params.max_tokens, max(ALTERNATIVE_FLOOR, math.ceil(params.stretch * greedy_rounds)))
 
 
 @dataclass

@@ -12,7 +12,9 @@ Latency on editor traffic comes from four things, all here:
   one sequence and are decoded once; a sequence forks only where their tokens differ, so a
   candidate that duplicates another costs nothing until it stops duplicating it. A request waits
   for its longest candidate, so once the greedy one has ended the sampled ones are held to
-  ``params.stretch`` times its length (:func:`~editloop.models.backend.alternative_limit`).
+  ``params.stretch`` times its length in decode rounds, a run it copies from the context counting
+  as one (:func:`~editloop.models.backend.alternative_limit`); sampled sequences, alike and each
+  seldom the slowest, draft less than a lone one.
 - **Sampling in llama.cpp.** Candidate 0 is greedy; each other one samples with its own seeded
   llama.cpp sampler chain (top-k, temperature, top-p, dist). The ranker's log-probs (under the
   unscaled distribution) are one vectorised log-softmax per decoded row.
@@ -61,7 +63,7 @@ from editloop.models.backend import (
 from editloop.models.fim import FimTemplate
 from editloop.models.kvcache import LruSlots, ReusePlan, plan_reuse, staleness
 from editloop.models.registry import ModelVersion
-from editloop.models.speculative import DraftPolicy, draft
+from editloop.models.speculative import DraftPolicy, copy_rounds, draft
 
 # KV cells reserved per sequence beyond the first. Completions are short (Tabby: 64 tokens), so
 # this covers them at a few percent more KV memory; a longer request decodes fewer candidates
@@ -242,9 +244,9 @@ class LlamaBackend:
                 f"of {self.n_ctx} tokens of model {self.version}; shorten the prompt to at most "
                 f"{self.n_ctx - max_tokens} tokens"
             )
-        bad = [t for t in prompt if not 0 <= t < self._n_vocab]
-        if bad:
-            raise ModelError(f"token id {bad[0]} is outside the vocabulary of {self._n_vocab} tokens")
+        if min(prompt) < 0 or max(prompt) >= self._n_vocab:
+            bad = next(t for t in prompt if not 0 <= t < self._n_vocab)
+            raise ModelError(f"token id {bad} is outside the vocabulary of {self._n_vocab} tokens")
 
     # -- the prompt's KV -------------------------------------------------------------------
 
@@ -419,8 +421,8 @@ class LlamaBackend:
         if pre is None or suf is None or mid is None or pre not in prompt:
             return tokens
         start = len(prompt) - 1 - prompt[::-1].index(pre) + 1
-        ends = [i for i in range(start, len(prompt)) if prompt[i] in (suf, mid)]
-        end = ends[0] if ends else len(prompt)
+        ends = np.flatnonzero((tokens[start:] == suf) | (tokens[start:] == mid))
+        end = start + int(ends[0]) if len(ends) else len(prompt)
         return np.concatenate([tokens[:start], tokens[end:], tokens[start:end]])
 
 
@@ -506,7 +508,7 @@ class _Decoder:
         self.candidates = [
             _Candidate(i, _sampler(params, i) if i else None, params.max_tokens) for i in range(count)
         ]
-        self.base = backend._draft_base(prompt) if backend.draft_max else None
+        self.base = backend._draft_base(prompt)  # what drafts, and copy_rounds, look up
         self.free_seqs = list(range(backend.max_candidates - 1, 0, -1))
         self.stats = {"steps": 0, "drafted": 0, "accepted": 0, "branches": 1}
         self._lse: dict[int, float] = {}
@@ -539,8 +541,16 @@ class _Decoder:
                 c.sampler = None
 
     def _bound_alternatives(self, branches: list[_Branch]) -> list[_Branch]:
-        """Once the greedy candidate has ended, hold the sampled ones to its length's limit."""
-        limit = alternative_limit(len(self.candidates[0].tokens), self.params)
+        """Once the greedy candidate has ended, hold the sampled ones to its length's limit.
+
+        The greedy candidate's length is counted in the rounds it takes with prompt-lookup drafts
+        (:func:`~editloop.models.speculative.copy_rounds`): it copies runs from the context in one
+        decode step each, and a sampled candidate, which seldom copies, gets as many steps. The count
+        depends on the prompt and the greedy tokens alone, so the output does not depend on whether
+        this backend drafts.
+        """
+        rounds = copy_rounds(self.base, self.candidates[0].tokens)
+        limit = alternative_limit(rounds, self.params)
         for c in self.candidates[1:]:
             c.bound(limit)
         live: list[_Branch] = []
@@ -564,8 +574,7 @@ class _Decoder:
             accepted = max(accepted, min(len(emitted) - 1, len(draft_tokens)))
             if c.finish is None:
                 groups.setdefault(tuple(emitted), []).append(c)
-        greedy = any(c.sampler is None for c in branch.candidates)
-        self.backend._drafts.record_draft(len(draft_tokens), accepted, greedy)
+        self.backend._drafts.record_draft(len(draft_tokens), accepted, _has_greedy(branch))
         self.stats["accepted"] += accepted
         memory = self.backend._native.memory
         out: list[_Branch] = []
@@ -600,8 +609,9 @@ class _Decoder:
 
     def _decode_step(self, branches: list[_Branch]) -> None:
         entries: list[tuple[int, int, int, bool]] = []
+        sampled = sum(not _has_greedy(b) for b in branches)
         for b in branches:
-            b.pending += self._draft(b)
+            b.pending += self._draft(b, sampled)
             b.rows = list(range(len(entries), len(entries) + len(b.pending)))
             entries += [(t, b.pos + j, b.seq, True) for j, t in enumerate(b.pending)]
         started = time.perf_counter()
@@ -615,12 +625,16 @@ class _Decoder:
         pointer = llama_cpp.llama_get_logits(self.backend._native.ctx)
         self._rows = np.ctypeslib.as_array(pointer, shape=(len(entries), self.backend._n_vocab))
 
-    def _draft(self, branch: _Branch) -> list[int]:
-        if self.base is None:
+    def _draft(self, branch: _Branch, sampled: int) -> list[int]:
+        """A draft for the branch. The request waits for its slowest sequence, and the sampled ones
+        (``sampled`` of them this step) are alike: a drafted token kept on one of them saves a step
+        only if that one is the slowest."""
+        if not self.backend.draft_max:
             return []
         c = branch.candidates[0]
-        greedy = any(m.sampler is None for m in branch.candidates)
-        room = min(self.backend._drafts.length(greedy), c.limit - len(c.tokens) - 1)
+        greedy = _has_greedy(branch)
+        length = self.backend._drafts.length(greedy, 1 if greedy else sampled)
+        room = min(length, c.limit - len(c.tokens) - 1)
         if room <= 0:
             return []
         return draft(np.concatenate([self.base, np.asarray(c.tokens, dtype=np.int64)]), room)
@@ -652,6 +666,10 @@ class _Decoder:
             peak = float(logits.max())
             self._lse[row] = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
         return float(logits[token]) - self._lse[row]
+
+
+def _has_greedy(branch: _Branch) -> bool:
+    return any(c.sampler is None for c in branch.candidates)
 
 
 def _sampler(params: GenerationParams, index: int) -> Any:

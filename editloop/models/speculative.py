@@ -9,6 +9,8 @@ never its output. :class:`DraftPolicy` decides how long a draft pays for itself.
 [9, 8]
 >>> draft([7, 1, 2, 3, 9, 8, 5, 1, 2, 4], max_tokens=2)
 []
+>>> copy_rounds([7, 1, 2, 3, 9, 8], [5, 1, 2, 3, 9, 8, 4])  # 5; 1; 2; 3 9 8 drafted and 4
+4
 """
 
 import math
@@ -19,6 +21,8 @@ import numpy as np
 
 # Longest n-gram first: a longer match predicts better (Zed's Zeta looks up 2 to 4 tokens).
 NGRAM_SIZES = (4, 3, 2)
+# The draft length copy_rounds counts with: the default most a step drafts (model_draft_max).
+ROUND_TOKENS = 8
 
 
 def draft(
@@ -39,6 +43,28 @@ def draft(
             start = int(candidates[-1]) + 1
             return tokens[start : start + max_tokens].tolist()
     return []
+
+
+def copy_rounds(
+    context: Sequence[int] | np.ndarray, tokens: Sequence[int], max_draft: int = ROUND_TOKENS
+) -> int:
+    """The decode rounds greedy decoding of ``tokens`` after ``context`` takes when each round after
+    the first drafts ``max_draft`` tokens by prompt lookup: a round emits its own token plus one for
+    each drafted token that matched. A line the model writes afresh takes a round a token; one it
+    copies from the context, a round a run.
+    """
+    whole = np.concatenate([np.asarray(context, dtype=np.int64), np.asarray(tokens, dtype=np.int64)])
+    start, done, rounds = len(whole) - len(tokens), 0, 0
+    while done < len(tokens):
+        guess = draft(whole[: start + done], max_draft) if done else []
+        matched = 0
+        for guessed, actual in zip(guess, tokens[done:], strict=False):
+            if guessed != actual:
+                break
+            matched += 1
+        done += matched + 1
+        rounds += 1
+    return rounds
 
 
 @dataclass
@@ -64,12 +90,15 @@ class DraftPolicy:
     def acceptance(self, greedy: bool = True) -> float:
         return self.kept[greedy] / (self.kept[greedy] + self.rejected[greedy])
 
-    def length(self, greedy: bool = True) -> int:
+    def length(self, greedy: bool = True, sharing: int = 1) -> int:
+        """Tokens to draft for one sequence. ``sharing``: how many sequences of the same request
+        are equally likely to be the one it waits for; a kept token saves a step only on that one.
+        """
         if self.limit <= 0 or self.step_ms is None:
             return 0  # measure a plain step first
         if self.token_ms is None or self.token_ms <= 0:
             return self.limit
-        ratio = self.token_ms / self.step_ms
+        ratio = self.token_ms * max(1, sharing) / self.step_ms
         if ratio >= 1:
             return 0
         alpha = min(self.acceptance(greedy), 0.999)
