@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         default=8, ge=1, le=16, description="Most candidates one request may ask for."
     )
     candidate_stretch: float = Field(
-        default=1.5,
+        default=1.0,
         ge=0,
         le=16,
         description="Sampled candidates stop at this many times the greedy candidate's length in decode "

@@ -40,7 +40,7 @@ class EngineConfig:
     default_max_tokens: int = 64
     max_candidates: int = 8
     block_max_tokens: int = 128
-    candidate_stretch: float = 1.5  # see GenerationParams.stretch
+    candidate_stretch: float = 1.0  # see GenerationParams.stretch
 
 
 class ServedSource(Protocol):
