@@ -6,7 +6,7 @@ import random
 import pytest
 
 from editloop.completion.ranker import RankContext, RankInput
-from editloop.completion.value import ValueInput, ValueModel, ValueRanker
+from editloop.completion.value import ValueInput, ValueModel, ValueRanker, context_overlap
 from editloop.errors import ModelError
 from editloop.training.value import ValueRow, auc, evaluate, train_value_model
 
@@ -31,6 +31,31 @@ def _rows(n: int, seed: int) -> list[ValueRow]:
         accepted = (not symbol_only) and rng.random() < 0.3 + 0.6 * confident
         rows.append(ValueRow(ValueInput("    ", "\n", text, logprobs, True), accepted))
     return rows
+
+
+def test_context_overlap_reads_the_names_and_lines_around_the_cursor() -> None:
+    prefix = "total = compute(items, rate)\nprint(total)\n"
+    assert context_overlap("compute(items, rate)", prefix, "") == [1.0, 1.0]  # a copy of known names
+    assert context_overlap("compute(items, ratio)", prefix, "") == [2 / 3, 0.0]  # `ratio` is new
+    assert context_overlap(")", prefix, "") == [1.0, 0.0]  # no names; too short to count as a copy
+    assert context_overlap("rate", "x = 1\n", "rate = 2\n") == [1.0, 1.0]  # the suffix counts too
+    assert context_overlap("rate", "rate\n" + "#" * 4000, "") == [0.0, 0.0]  # beyond the window
+
+
+def test_learns_that_copies_of_the_context_are_taken() -> None:
+    """Here developers take candidates that repeat a line near the cursor and reject made-up ones
+    of the same confidence: the context features carry what the log-probs do not."""
+    rng = random.Random(3)
+    prefix = "def area(width, height):\n    return width * height\n\n"
+    rows = []
+    for i in range(300):
+        copy = rng.random() < 0.5
+        text = "return width * height" if copy else f"return wdth_{i} * hieght_{i}"
+        accepted = rng.random() < (0.7 if copy else 0.1)
+        rows.append(ValueRow(ValueInput(prefix, "\n", text, [-0.4] * 5, True), accepted, file=f"f{i}.py"))
+    model = train_value_model(rows[:200])
+    report = evaluate(model, rows[200:])
+    assert report["auc"] > report["baseline_auc"] + 0.2
 
 
 def test_learns_beyond_the_logprob_baseline_on_held_out_rows(tmp_path) -> None:

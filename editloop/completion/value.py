@@ -50,7 +50,14 @@ FEATURES = (
     "first_word_agreement",
     "alone",
     "from_codebase",  # a continuation copied from the codebase, not decoded by the model
+    "known_words",
+    "copies_context",
 )
+# The text around the cursor the context features read: within what completion events keep
+# (feedback.events' PREFIX_WINDOW and SUFFIX_WINDOW), so training sees what serving saw.
+CONTEXT_BEFORE = 3000
+CONTEXT_AFTER = 1000
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w+")
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,21 @@ def features(value: ValueInput) -> list[float]:
         float(text.rstrip()[-1:] in (":", "{", "(", "[")),
         *agreement(text, value.others),
         float(value.source == "codebase"),
+        *context_overlap(text, value.prefix, value.suffix),
     ]
+
+
+def context_overlap(text: str, prefix: str, suffix: str) -> list[float]:
+    """Share of the candidate's identifiers found around the cursor, and whether the candidate is
+    a verbatim copy of text there: code mostly reuses the names and lines near it, and a name the
+    file has never used is often one the model made up."""
+    context = prefix[-CONTEXT_BEFORE:] + suffix[:CONTEXT_AFTER]
+    words = _IDENTIFIER.findall(text)
+    known = set(_IDENTIFIER.findall(context)) if words else set()
+    share = sum(w in known for w in words) / len(words) if words else 1.0
+    stripped = text.strip()
+    copied = len("".join(stripped.split())) >= 4 and stripped in context
+    return [share, float(copied)]
 
 
 def agreement(text: str, others: tuple[str, ...]) -> list[float]:
