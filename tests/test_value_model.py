@@ -6,7 +6,7 @@ import random
 import pytest
 
 from editloop.completion.ranker import RankContext, RankInput
-from editloop.completion.value import ValueInput, ValueModel, ValueRanker, context_overlap
+from editloop.completion.value import CursorText, ValueInput, ValueModel, ValueRanker, context_overlap
 from editloop.errors import ModelError
 from editloop.training.value import ValueRow, auc, evaluate, train_value_model
 
@@ -34,12 +34,12 @@ def _rows(n: int, seed: int) -> list[ValueRow]:
 
 
 def test_context_overlap_reads_the_names_and_lines_around_the_cursor() -> None:
-    prefix = "total = compute(items, rate)\nprint(total)\n"
-    assert context_overlap("compute(items, rate)", prefix, "") == [1.0, 1.0]  # a copy of known names
-    assert context_overlap("compute(items, ratio)", prefix, "") == [2 / 3, 0.0]  # `ratio` is new
-    assert context_overlap(")", prefix, "") == [1.0, 0.0]  # no names; too short to count as a copy
-    assert context_overlap("rate", "x = 1\n", "rate = 2\n") == [1.0, 1.0]  # the suffix counts too
-    assert context_overlap("rate", "rate\n" + "#" * 4000, "") == [0.0, 0.0]  # beyond the window
+    here = CursorText.around("total = compute(items, rate)\nprint(total)\n", "")
+    assert context_overlap("compute(items, rate)", here) == [1.0, 1.0]  # a copy of known names
+    assert context_overlap("compute(items, ratio)", here) == [2 / 3, 0.0]  # `ratio` is new
+    assert context_overlap(")", here) == [1.0, 0.0]  # no names; too short to count as a copy
+    assert context_overlap("rate", CursorText.around("x = 1\n", "rate = 2\n")) == [1.0, 1.0]  # the suffix
+    assert context_overlap("rate", CursorText.around("rate\n" + "#" * 4000, "")) == [0.0, 0.0]  # too far
 
 
 def test_learns_that_copies_of_the_context_are_taken() -> None:

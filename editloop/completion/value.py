@@ -74,7 +74,8 @@ class ValueInput:
     source: str = "model"  # "codebase": copied; its ``score`` is the share of the codebase that continues so
 
 
-def features(value: ValueInput) -> list[float]:
+def features(value: ValueInput, context: "CursorText | None" = None) -> list[float]:
+    """The model's inputs for one candidate; ``context``: its request's, when already read."""
     logprobs = value.logprobs
     if not logprobs:
         p = value.score if value.score is not None else 0.0
@@ -100,20 +101,31 @@ def features(value: ValueInput) -> list[float]:
         float(text.rstrip()[-1:] in (":", "{", "(", "[")),
         *agreement(text, value.others),
         float(value.source == "codebase"),
-        *context_overlap(text, value.prefix, value.suffix),
+        *context_overlap(text, context or CursorText.around(value.prefix, value.suffix)),
     ]
 
 
-def context_overlap(text: str, prefix: str, suffix: str) -> list[float]:
+@dataclass(frozen=True)
+class CursorText:
+    """The text around the cursor the context features read, and the identifiers in it."""
+
+    text: str
+    words: frozenset[str]
+
+    @classmethod
+    def around(cls, prefix: str, suffix: str) -> "CursorText":
+        text = prefix[-CONTEXT_BEFORE:] + suffix[:CONTEXT_AFTER]
+        return cls(text, frozenset(_IDENTIFIER.findall(text)))
+
+
+def context_overlap(text: str, context: CursorText) -> list[float]:
     """Share of the candidate's identifiers found around the cursor, and whether the candidate is
     a verbatim copy of text there: code mostly reuses the names and lines near it, and a name the
     file has never used is often one the model made up."""
-    context = prefix[-CONTEXT_BEFORE:] + suffix[:CONTEXT_AFTER]
     words = _IDENTIFIER.findall(text)
-    known = set(_IDENTIFIER.findall(context)) if words else set()
-    share = sum(w in known for w in words) / len(words) if words else 1.0
+    share = sum(w in context.words for w in words) / len(words) if words else 1.0
     stripped = text.strip()
-    copied = len("".join(stripped.split())) >= 4 and stripped in context
+    copied = len("".join(stripped.split())) >= 4 and stripped in context.text
     return [share, float(copied)]
 
 
@@ -151,8 +163,14 @@ class ValueModel:
     def predict_many(self, inputs: list[ValueInput]) -> list[float]:
         if not inputs:
             return []
+        # A request's candidates share its prefix and suffix: their context is read once.
+        contexts: dict[tuple[str, str], CursorText] = {}
+        for v in inputs:
+            if (v.prefix, v.suffix) not in contexts:
+                contexts[v.prefix, v.suffix] = CursorText.around(v.prefix, v.suffix)
+        rows = [features(v, contexts[v.prefix, v.suffix]) for v in inputs]
         # A model saved before a feature was appended reads the features it knows (a prefix).
-        x = (np.array([features(v)[: len(self.weights)] for v in inputs]) - self.mean) / self.scale
+        x = (np.array([row[: len(self.weights)] for row in rows]) - self.mean) / self.scale
         z = x @ np.array(self.weights) + self.bias
         if self.offset:
             z += log_odds(np.array(logprob_ranker_scores(inputs)))
