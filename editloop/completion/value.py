@@ -180,8 +180,11 @@ class ValueModel:
         return self.predict_many([value])[0]
 
     def save(self, directory: Path) -> Path:
+        """Write it to ``directory``; a file already there is replaced, never written into."""
         path = Path(directory) / FILENAME
-        path.write_text(json.dumps(asdict(self), indent=2))
+        fresh = path.with_suffix(".tmp")
+        fresh.write_text(json.dumps(asdict(self), indent=2))
+        fresh.replace(path)
         return path
 
     @classmethod

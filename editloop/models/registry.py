@@ -42,8 +42,10 @@ from editloop.errors import CorruptVersionError, ModelError, RegistryError, Unkn
 from editloop.filelock import file_lock
 from editloop.models.fim import SPM_GGUF_KEY, FimTemplate, detect_template
 
-KINDS = ("starter", "import", "export", "retrain", "synthetic")
+# "ranker": a retrain that kept its parent's weights and changed how candidates are ranked.
+KINDS = ("starter", "import", "export", "retrain", "ranker", "synthetic")
 MANIFEST = "manifest.json"
+LINK_BYTES = 1 << 20  # republish links files this large instead of copying them
 CURRENT_ALIAS = "current"
 # Preferred when a caller asks for "the" GGUF: q8_0 is near-lossless at half the size of f16.
 PREFERRED_QUANTS = ("q8_0", "f16")
@@ -390,21 +392,29 @@ class Registry:
         name: str,
         add: Callable[[Path], object] | None = None,
         abstain_thresholds: dict[str, float] | None = None,
+        kind: str = "retrain",
+        training_data: dict | None = None,
+        metrics: dict | None = None,
     ) -> ModelVersion:
-        """``name``'s files again as a new version (a retrain whose weights did not change): how the
-        benchmarks and tests get a second version to swap to. ``add`` may write more files into the
-        staging (a value model); the copy keeps the source's manifest, ``synthetic`` included."""
+        """``name``'s files again as a new version whose weights did not change: a cycle that
+        publishes only a new value model (``kind="ranker"``), and how the benchmarks and tests get a
+        second version to swap to. ``add`` may write more files into the staging (a value model);
+        the copy keeps the source's manifest, ``synthetic`` included. Large files are hard links
+        where the file system allows (versions are never written to), so a 1 GB GGUF is not copied;
+        ``add`` writes new small files or replaces them, never writes into a large one."""
         source = self.verify(name)
         m = source.manifest
         with self.stage() as staging:
             for rel in m.files:
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source.path / rel, staging / rel)
+                _link_or_copy(source.path / rel, staging / rel)
             if add is not None:
                 add(staging)
             return self.publish(
                 staging,
-                kind="retrain",
+                kind=kind,
+                training_data=training_data,
+                metrics=metrics,
                 fim=m.fim,
                 gguf=m.gguf,
                 arch=m.arch,
@@ -511,6 +521,17 @@ class Registry:
 
 
 # -- files -----------------------------------------------------------------------------------
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link for a large file (weights), a copy for a small one (which ``add`` may rewrite)."""
+    if source.stat().st_size >= LINK_BYTES:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass  # another file system, or links not allowed: copy
+    shutil.copy2(source, target)
 
 
 def _version_number(name: str) -> int:

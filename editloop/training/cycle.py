@@ -282,7 +282,7 @@ class Cycle:
         rows = [asdict(s) for s in data.sft_train]
         rehearsal = general_rows(int(len(rows) * self.config.general_mix), self.config.seed)
         lora = LoraSettings(rank=self.config.lora_rank)
-        warm = self.warm_starts.load(current.name)
+        warm = self.warm_starts.load(weights_of(current))
         reports: dict = {"warm_start": warm.label if warm else None}
         start = f", continuing {warm.label} of a refused cycle" if warm else ""
         self._enter("sft", f"SFT on {len(rows)} feedback samples + {len(rehearsal)} general-code rows{start}")
@@ -349,11 +349,13 @@ class Cycle:
         index = path.chosen if path.chosen is not None or not self.config.force else path.best_effort
         if index is None:
             kept = warm_start(path, checkpoints)
-            self.warm_starts.save(current.name, kept, self.state.cycle_id)
+            self.warm_starts.save(weights_of(current), kept, self.state.cycle_id)
             self.state.reports["gate"] = path.reports[-1].to_dict() if path.reports else {}
             tolerance = self.config.gate.general_tolerance
             message = refusal(path, tolerance) + (f"; the next cycle continues {kept.label}" if kept else "")
-            return self._finish("rejected", message)
+            if value_model is None:
+                return self._finish("rejected", message)
+            return self._publish_ranker(current, value_model, thresholds, message, notify)
         chosen, report = checkpoints[index], path.reports[index]
         self.state.reports["gate"] = report.to_dict() | {"checkpoint": chosen.label}
         self._enter("export", f"merging {chosen.label} and exporting GGUF")
@@ -381,6 +383,41 @@ class Cycle:
             notify(version.name)
         forced = "" if report.passed else " (forced past a failed gate)"
         return self._finish("published", f"published {version.name} from {chosen.label}{forced}{how}")
+
+    def _publish_ranker(
+        self,
+        current: ModelVersion,
+        value_model: ValueModel,
+        thresholds: dict[str, float],
+        refused: str,
+        notify: Callable[[str], None] | None,
+    ) -> CycleState:
+        """The weights were refused but the value model beats log-prob: publish the current weights
+        with it, so the cycle still gives the team better-ranked suggestions (and the canary judges
+        them on live traffic like any version)."""
+        self._enter("publish", f"publishing {current.name}'s weights with the new value model")
+        reports = self.state.to_dict()["reports"]
+        version = self.registry.republish(
+            current.name,
+            add=value_model.save,
+            abstain_thresholds=thresholds,
+            kind="ranker",
+            training_data={
+                "cycle": self.state.cycle_id,
+                "weights_of": weights_of(current),
+                **reports.get("dataset", {}),
+            },
+            metrics={k: v for k, v in reports.items() if k != "dataset"},
+        )
+        self.state.version = version.name
+        how = self._release(version.name)
+        if notify is not None and self.config.activate:
+            notify(version.name)
+        return self._finish(
+            "published",
+            f"{refused}; published {version.name}: {current.name}'s weights with a value model that beats "
+            f"log-prob{how}",
+        )
 
     def _walk(
         self,
@@ -487,6 +524,14 @@ def snapshot(source: FeedbackSource, archive: FeedbackArchive, batch: int = 500)
         source.ack(deliveries)
         read += len(deliveries)
     return {"read": read, "new": new, "archived_total": len(archive)}
+
+
+def weights_of(version: ModelVersion) -> str:
+    """The version whose weights ``version`` carries: itself, or a ranker version's source. A refused
+    cycle's warm start belongs to the weights, so it survives a ranker version taking over."""
+    if version.manifest.kind == "ranker":
+        return str(version.manifest.training_data.get("weights_of", version.name))
+    return version.name
 
 
 def train_value(data: Dataset, default: float) -> tuple[ValueModel | None, dict]:
