@@ -38,6 +38,7 @@ import weakref
 from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Self
 
@@ -508,12 +509,17 @@ class _Decoder:
         self.candidates = [
             _Candidate(i, _sampler(params, i) if i else None, params.max_tokens) for i in range(count)
         ]
-        self.base = backend._draft_base(prompt)  # what drafts, and copy_rounds, look up
+        self.prompt = prompt
         self.free_seqs = list(range(backend.max_candidates - 1, 0, -1))
         self.stats = {"steps": 0, "drafted": 0, "accepted": 0, "branches": 1}
         self._lse: dict[int, float] = {}
         self._argmax: dict[int, int] = {}
         self._rows: np.ndarray | None = None  # every logits row of the last step, in batch order
+
+    @cached_property
+    def base(self) -> np.ndarray:
+        """What drafts and copy_rounds look up; built only when a request drafts or bounds samples."""
+        return self.backend._draft_base(self.prompt)
 
     def run(self, prompt_row: int) -> None:
         branches = [_Branch(0, list(self.candidates), [], self.prompt_len - 1, [prompt_row])]
@@ -549,6 +555,8 @@ class _Decoder:
         depends on the prompt and the greedy tokens alone, so the output does not depend on whether
         this backend drafts.
         """
+        if len(self.candidates) == 1 or self.params.stretch <= 0:
+            return branches  # nothing to hold (the count would be wasted on the one-candidate path)
         rounds = copy_rounds(self.base, self.candidates[0].tokens)
         limit = alternative_limit(rounds, self.params)
         for c in self.candidates[1:]:
