@@ -105,6 +105,16 @@ def features(value: ValueInput, context: "CursorText | None" = None) -> list[flo
     ]
 
 
+def feature_rows(inputs: list[ValueInput]) -> list[list[float]]:
+    """:func:`features` of many candidates; those of one request (one prefix and suffix) read the
+    text around their cursor once."""
+    contexts: dict[tuple[str, str], CursorText] = {}
+    for v in inputs:
+        if (v.prefix, v.suffix) not in contexts:
+            contexts[v.prefix, v.suffix] = CursorText.around(v.prefix, v.suffix)
+    return [features(v, contexts[v.prefix, v.suffix]) for v in inputs]
+
+
 @dataclass(frozen=True)
 class CursorText:
     """The text around the cursor the context features read, and the identifiers in it."""
@@ -163,14 +173,8 @@ class ValueModel:
     def predict_many(self, inputs: list[ValueInput]) -> list[float]:
         if not inputs:
             return []
-        # A request's candidates share its prefix and suffix: their context is read once.
-        contexts: dict[tuple[str, str], CursorText] = {}
-        for v in inputs:
-            if (v.prefix, v.suffix) not in contexts:
-                contexts[v.prefix, v.suffix] = CursorText.around(v.prefix, v.suffix)
-        rows = [features(v, contexts[v.prefix, v.suffix]) for v in inputs]
         # A model saved before a feature was appended reads the features it knows (a prefix).
-        x = (np.array([row[: len(self.weights)] for row in rows]) - self.mean) / self.scale
+        x = (np.array([row[: len(self.weights)] for row in feature_rows(inputs)]) - self.mean) / self.scale
         z = x @ np.array(self.weights) + self.bias
         if self.offset:
             z += log_odds(np.array(logprob_ranker_scores(inputs)))

@@ -20,7 +20,7 @@ import numpy as np
 from editloop.completion.value import (
     ValueInput,
     ValueModel,
-    features,
+    feature_rows,
     log_odds,
     logprob_ranker_scores,
     sigmoid,
@@ -70,7 +70,7 @@ def train_value_model(rows: list[ValueRow], l2: float | None = None, steps: int 
     """
     if len({r.label for r in rows}) < 2:
         raise ModelError("the value model needs both accepted and rejected candidates to learn from")
-    x = np.array([features(r.input) for r in rows])
+    x = np.array(feature_rows([r.input for r in rows]))
     y = np.array([r.label for r in rows], dtype=float)
     offset = log_odds(np.array(logprob_scores(rows)))
     mean, scale = x.mean(axis=0), x.std(axis=0)
