@@ -365,24 +365,17 @@ class Cycle:
             if value_model is not None:
                 value_model.save(staged.path)
             self._enter("publish", "publishing")
+            training_data, metrics = self._provenance(checkpoint=chosen.label)
             version = staged.publish(
                 kind="retrain",
                 parent=current.name,
-                training_data={
-                    "cycle": self.state.cycle_id,
-                    "checkpoint": chosen.label,
-                    **self.state.reports.get("dataset", {}),
-                },
-                metrics={k: v for k, v in self.state.to_dict()["reports"].items() if k != "dataset"},
+                training_data=training_data,
+                metrics=metrics,
                 abstain_thresholds=thresholds,
             )
         self.warm_starts.clear()
-        self.state.version = version.name
-        how = self._release(version.name)
-        if notify is not None and self.config.activate:
-            notify(version.name)
         forced = "" if report.passed else " (forced past a failed gate)"
-        return self._finish("published", f"published {version.name} from {chosen.label}{forced}{how}")
+        return self._released(version, f"published {version.name} from {chosen.label}{forced}", notify)
 
     def _publish_ranker(
         self,
@@ -396,28 +389,31 @@ class Cycle:
         with it, so the cycle still gives the team better-ranked suggestions (and the canary judges
         them on live traffic like any version)."""
         self._enter("publish", f"publishing {current.name}'s weights with the new value model")
-        reports = self.state.to_dict()["reports"]
+        training_data, metrics = self._provenance(weights_of=weights_of(current))
         version = self.registry.republish(
             current.name,
             add=value_model.save,
             abstain_thresholds=thresholds,
             kind="ranker",
-            training_data={
-                "cycle": self.state.cycle_id,
-                "weights_of": weights_of(current),
-                **reports.get("dataset", {}),
-            },
-            metrics={k: v for k, v in reports.items() if k != "dataset"},
+            training_data=training_data,
+            metrics=metrics,
         )
+        said = f"{refused}; published {version.name}: {current.name}'s weights with a value model"
+        return self._released(version, said + " that beats log-prob", notify)
+
+    def _provenance(self, **extra: str) -> tuple[dict, dict]:
+        """What a published version records of this cycle: its training data and its reports."""
+        reports = self.state.to_dict()["reports"]
+        training_data = {"cycle": self.state.cycle_id, **extra, **reports.get("dataset", {})}
+        return training_data, {k: v for k, v in reports.items() if k != "dataset"}
+
+    def _released(self, version: ModelVersion, said: str, notify: Callable[[str], None] | None) -> CycleState:
+        """Start the published version (canary or activation), tell the servers, end the cycle."""
         self.state.version = version.name
         how = self._release(version.name)
         if notify is not None and self.config.activate:
             notify(version.name)
-        return self._finish(
-            "published",
-            f"{refused}; published {version.name}: {current.name}'s weights with a value model that beats "
-            f"log-prob{how}",
-        )
+        return self._finish("published", said + how)
 
     def _walk(
         self,
