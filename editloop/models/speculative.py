@@ -15,7 +15,7 @@ never its output. :class:`DraftPolicy` decides how long a draft pays for itself.
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -75,40 +75,37 @@ class DraftPolicy:
     if the one before was kept) and saves a decode step when it is; it costs its share of the
     batch it rides in. So a draft is as long as ``acceptance ** j * step_ms > token_ms`` allows.
     On a tiny model an extra token in a batch is nearly free; on a 0.5B model on a CPU it costs
-    half a step, and only drafts that are mostly kept pay.
+    half a step, and only drafts that are mostly kept pay. Only the greedy candidate's sequence
+    drafts (see ``_Decoder._draft``), so the counts are its own.
     """
 
     limit: int
-    # Decayed counts per kind of sequence (a greedy one keeps far more drafts than a sampled
-    # one): drafted tokens kept, and drafts ended by a rejected token.
-    kept: dict[bool, float] = field(default_factory=lambda: {True: 2.0, False: 2.0})
-    rejected: dict[bool, float] = field(default_factory=lambda: {True: 2.0, False: 2.0})
+    kept: float = 2.0  # decayed count of drafted tokens kept
+    rejected: float = 2.0  # decayed count of drafts ended by a rejected token
     step_ms: float | None = None  # a one-token decode step
     token_ms: float | None = None  # what each further token adds to a step
     decay: float = 0.95
 
-    def acceptance(self, greedy: bool = True) -> float:
-        return self.kept[greedy] / (self.kept[greedy] + self.rejected[greedy])
+    def acceptance(self) -> float:
+        return self.kept / (self.kept + self.rejected)
 
-    def length(self, greedy: bool = True, sharing: int = 1) -> int:
-        """Tokens to draft for one sequence. ``sharing``: how many sequences of the same request
-        are equally likely to be the one it waits for; a kept token saves a step only on that one.
-        """
+    def length(self) -> int:
+        """Tokens to draft for the greedy sequence."""
         if self.limit <= 0 or self.step_ms is None:
             return 0  # measure a plain step first
         if self.token_ms is None or self.token_ms <= 0:
             return self.limit
-        ratio = self.token_ms * max(1, sharing) / self.step_ms
+        ratio = self.token_ms / self.step_ms
         if ratio >= 1:
             return 0
-        alpha = min(self.acceptance(greedy), 0.999)
+        alpha = min(self.acceptance(), 0.999)
         return max(0, min(self.limit, int(math.log(ratio) / math.log(alpha))))
 
-    def record_draft(self, drafted: int, kept: int, greedy: bool = True) -> None:
+    def record_draft(self, drafted: int, kept: int) -> None:
         if drafted == 0:
             return
-        self.kept[greedy] = self.kept[greedy] * self.decay + kept
-        self.rejected[greedy] = self.rejected[greedy] * self.decay + (kept < drafted)
+        self.kept = self.kept * self.decay + kept
+        self.rejected = self.rejected * self.decay + (kept < drafted)
 
     def record_step(self, tokens: int, ms: float) -> None:
         if tokens == 1:
