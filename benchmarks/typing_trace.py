@@ -18,6 +18,8 @@ import httpx
 from editloop.eval.replay import ReplayConfig, Suggestion, replay
 from editloop.eval.replay_tasks import Hunk, TypingTask
 
+SUFFIX_KEPT = 1500  # characters a trace leaves after the typed region, where the file has them
+
 
 @dataclass(frozen=True)
 class TraceRequest:
@@ -77,9 +79,13 @@ class _Recorder:
 
 
 def typing_trace(path: Path, chars: int, seed: int = 0, pause_after_word: float = 0.5) -> Trace:
-    """Type ``chars`` characters of ``path`` starting at a line in its middle; the rest stays as suffix."""
+    """Type ``chars`` characters of ``path`` starting at a method in its middle; the rest stays as
+    suffix. A region that would run to the end of the file starts at an earlier method: an editor
+    mostly types with code after the cursor, and the suffix is part of every prompt."""
     text = path.read_text(encoding="utf-8")
     start = text.find("\n    def ", len(text) // 2) + 1 or len(text) // 2
+    if len(text) - (start + chars) < SUFFIX_KEPT:
+        start = text.rfind("\n    def ", 0, max(0, len(text) - chars - SUFFIX_KEPT)) + 1 or start
     end = min(len(text), start + chars)
     task = TypingTask(path.name, "python", text[:start] + text[end:], [Hunk(start, 0, text[start:end])])
     recorder = _Recorder(text, start)

@@ -81,15 +81,31 @@ class _Counting:
     """The real backend, counting the characters it is asked to tokenize."""
 
     def __init__(self, backend) -> None:
-        self.backend, self.chars = backend, 0
+        self.backend, self.chars, self.calls = backend, 0, 0
         self.version, self.fim, self.n_ctx = backend.version, backend.fim, backend.n_ctx
 
     def tokenize(self, text: str) -> list[int]:
         self.chars += len(text)
+        self.calls += 1
         return self.backend.tokenize(text)
 
     def special_id(self, token: str) -> int | None:
         return self.backend.special_id(token)
+
+
+def test_a_wrong_guess_of_the_cut_is_mended_in_a_jump(backend) -> None:
+    """Prose after the cursor has more characters per token than dense code before it, so the cut
+    guessed from the suffix keeps too much prefix: the next try jumps by the surplus it measured,
+    not a grid step a try, and a cut found past one that did not fit is kept without measuring
+    again (stepping, it took six tokenizations)."""
+    text = "    if (a[i] > b[j]) { c[k] = d[l]; }\n" * 500
+    suffix = "\n" + "# an explanation of everything that follows, in considerable detail\n" * 200
+    counting = _Counting(backend)
+    prompt = build_prompt(counting, text, suffix, [], None, 32)
+    assert prompt.truncated and len(prompt.ids) <= backend.n_ctx - 32
+    assert counting.calls <= 3  # the suffix, the guessed cut, the jump
+    room = backend.n_ctx - 32 - 8 - prompt.suffix_tokens
+    assert prompt.prefix_tokens >= 0.6 * room  # a grid step is about a third of tiny's room
 
 
 def test_a_long_prefix_is_tokenized_about_once(backend) -> None:

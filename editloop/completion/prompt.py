@@ -100,37 +100,51 @@ def _tail(
     ``step`` characters; and whether anything was cut.
 
     With ``chars_per_token`` (measured on the suffix: the same file) the cut is guessed and the
-    kept text tokenized once; tokenizing 12,000 characters to find the cut, then the kept ones
-    again, cost more than the starter's whole decode. A guess that leaves the share far from full
-    falls back to measuring.
+    kept text tokenized once or a few times; tokenizing 12,000 characters to find the cut, then
+    the kept ones again, cost more than the starter's whole decode. A guess that fits at once but
+    leaves the share far from full falls back to measuring.
     """
     if not text or limit <= 0:
         return [], bool(text)
     if chars_per_token and len(text) > limit * chars_per_token:
         least = len(text) - int(limit * chars_per_token * GUESS_MARGIN)
-        kept = _from_cut(backend, text, limit, step, least)
-        if kept is not None and len(kept) >= limit * GUESS_FILL:
-            return kept, True
+        found = _from_cut(backend, text, limit, step, least)
+        # Past a grid point that did not fit, no cut keeps more: a short share is all there is.
+        if found is not None and (found[1] or len(found[0]) >= limit * GUESS_FILL):
+            return found[0], True
     start = max(0, len(text) - limit * CHARS_PER_TOKEN_MAX)
     ids = backend.tokenize(text[start:])
     if len(ids) <= limit and start == 0:
         return ids, False
     # Where the cut must be at least, from this text's own characters per token.
     least = len(text) - int(limit * (len(text) - start) / max(1, len(ids)))
-    kept = _from_cut(backend, text, limit, step, max(least, start))
-    return (kept, True) if kept is not None else (ids[len(ids) - limit :], True)
+    found = _from_cut(backend, text, limit, step, max(least, start))
+    return (found[0], True) if found is not None else (ids[len(ids) - limit :], True)
 
 
-def _from_cut(backend: PromptModel, text: str, limit: int, step: int, least: int) -> list[int] | None:
-    """The tokens from the first line start after the first grid point at or past ``least`` that fit
-    in ``limit`` (trying four grid points), or None."""
-    cut = -(-least // step) * step
+def _from_cut(
+    backend: PromptModel, text: str, limit: int, step: int, least: int
+) -> tuple[list[int], bool] | None:
+    """The tokens from a line start after a grid point at or past ``least`` that fit in ``limit``,
+    and whether a try before them did not fit; None when four tries find none.
+
+    A try that does not fit moves the cut by what its surplus tokens span at the density it
+    measured, at least a step: where the suffix's characters per token misguess the cut (prose
+    after the cursor, dense code before it), a step a try took up to five tokenizations of the
+    kept text, and a jump mostly fits at the second. It may pass over a grid point that would
+    have fitted, giving up at most what the jump's rounding adds (under a step).
+    """
+    point, failed = -(-least // step), False
     for _ in range(4):
+        cut = point * step
         line = text.find("\n", cut, cut + step)
-        kept = backend.tokenize(text[line + 1 if line >= 0 else cut :]) if cut < len(text) else []
+        start = line + 1 if line >= 0 else cut
+        kept = backend.tokenize(text[start:]) if cut < len(text) else []
         if len(kept) <= limit:
-            return kept
-        cut += step
+            return kept, failed
+        failed = True
+        surplus_chars = (len(kept) - limit) * (len(text) - start) / len(kept)
+        point += max(1, math.ceil(surplus_chars / step))
     return None
 
 
