@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from editloop.feedback.events import parse_event
 from editloop.training.dataset import DatasetConfig, FeedbackArchive, build_dataset, file_bucket
+from editloop.training.value import top_choices
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -112,6 +113,49 @@ def test_candidates_not_shown_are_labelled_by_what_the_developer_wrote() -> None
     # written text goes, so whether it would have been taken is unknown: no row. Dropped ones: no row.
     assert labels == {"pass": (0, True), "return -x": (1, False), "return x": (0, False)}
     assert {r.request for r in rows} == {"c1"}
+
+
+def test_a_request_is_also_seen_with_its_first_candidates_only() -> None:
+    """Candidate i's text does not depend on how many were decoded, so a request decoded with six
+    also shows what one and three would have given: rows per view, their peers from that view."""
+    base = {"completion_id": "c1", "timestamp": T0.isoformat()}
+    texts = ["pass", "return -x", "return x", "return -x", "return 1", "return 2"]
+    candidates = [
+        {"index": i, "text": t, "score": 0.5, "shown": i == 0, "logprobs": [-0.5]}
+        for i, t in enumerate(texts)
+    ]
+    candidates[3]["dropped"] = "duplicate"
+    events = [
+        parse_event(e)
+        for e in (
+            {
+                **base,
+                "type": "completion",
+                "event_id": "c",
+                "prefix": "def f(x):\n    ",
+                "suffix": "\n",
+                "filepath": "a.py",
+                "candidates": candidates,
+            },
+            {**base, "type": "rejected", "event_id": "r"},
+            {**base, "type": "edited", "event_id": "e", "after": "rejected", "text": "return -x\n"},
+        )
+    ]
+    data = build_dataset(events, DatasetConfig(heldout_files=0.0, heldout_recent=0.0))
+    by_view: dict[int, dict[str, tuple]] = {}
+    for row in data.value_rows:
+        by_view.setdefault(row.view, {})[row.input.candidate] = (row.label, row.input.others)
+    assert sorted(by_view) == [0, 1, 3]
+    assert by_view[1] == {"pass": (0, ())}
+    assert by_view[3] == {
+        "pass": (0, ("return -x", "return x")),
+        "return -x": (1, ("pass", "return x")),
+        "return x": (0, ("pass", "return -x")),
+    }
+    assert by_view[0]["return -x"] == (1, ("pass", "return x", "return -x", "return 1", "return 2"))
+    assert data.stats["value_rows_as_decoded"] == len(by_view[0]) == 5  # the duplicate is a peer, not a row
+    _, choices = top_choices(data.value_rows, [r.label for r in data.value_rows])
+    assert len(choices) == 3  # one decision per view
 
 
 def test_duplicates_dropped_and_split_by_file_and_time() -> None:

@@ -573,9 +573,9 @@ def scores_by_ranker(data: Dataset, value: ValueModel | None) -> dict[str, list[
 
 def rank_cost_ms(model: ValueModel, data: Dataset) -> float | None:
     """The value model's p50 cost to score one held-out request's candidates (what serving pays)."""
-    requests: defaultdict[str, list[ValueInput]] = defaultdict(list)
+    requests: defaultdict[tuple[str, int], list[ValueInput]] = defaultdict(list)
     for i, row in enumerate(data.value_heldout):
-        requests[row.request or str(i)].append(row.input)
+        requests[row.decision(i)].append(row.input)
     costs = []
     for inputs in list(requests.values())[:200]:
         started = time.perf_counter()

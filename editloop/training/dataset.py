@@ -9,7 +9,8 @@ suffix, language, file) and the candidates; what happened next decides the targe
   ``abstained``) → the developer's own text.
 
 Every candidate the ranker chose among is also a value-model row: taken whole and kept or not
-(one not shown: whether it is a prefix of what the developer wrote there). Samples are
+(one not shown: whether it is a prefix of what the developer wrote there), once as decoded and
+once for each smaller candidate count the request also shows (``VIEWS``). Samples are
 deduplicated and split by file (a path hash) and by time (the newest slice) so held-out
 evaluation never sees a file or a moment the training saw.
 
@@ -181,56 +182,85 @@ def _extra(completion: CompletionEvent) -> tuple[dict, ...]:
 
 
 def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
-    """Every candidate the ranker chose among, labelled taken-whole-and-kept or not.
+    """Every candidate the ranker chose among, labelled taken-whole-and-kept or not, in each view.
 
     Shown candidates by what happened to them; the others by what the developer wrote at the
-    spot (:func:`would_take`), where that is known.
+    spot (:func:`would_take`), where that is known. A request decoded with m candidates also
+    shows what its first k would have been (:data:`VIEWS`), as rows with ``view`` k.
     """
     rows = []
     for cid, story in stories.items():
         completion = story.completion
         if completion is None:
             continue
-        # As the engine's ranker saw them: every candidate not dropped as broken, duplicates included.
-        samples = tuple(
-            c.text for c in completion.candidates if c.dropped in (None, "duplicate") and c.source == "model"
-        )
         written = _written(story)
-        for candidate in completion.candidates:
-            if not candidate.text:
-                continue
-            shown = candidate.index in story.shown
-            retained = story.retained.get(candidate.index) if shown else None
-            taken: bool | None
-            if shown:
-                taken = _taken_whole(story, candidate.index, candidate.text)
-            elif candidate.dropped is None and written is not None:
-                taken = would_take(candidate.text, written)
-            else:
-                taken = None
-            if taken is None:
-                continue
-            value_input = ValueInput(
-                completion.prefix,
-                completion.suffix,
-                candidate.text,
-                candidate.logprobs,
-                candidate.parse_valid,
-                candidate.score,
-                others=others_of(candidate.text, samples),
-                source=candidate.source,
+        decoded = sum(c.source == "model" for c in completion.candidates)
+        for view in _views(decoded):
+            seen = [c for c in completion.candidates if c.source != "model" or not view or c.index < view]
+            rows += _rows_of(cid, story, completion, seen, written, view)
+    return rows
+
+
+# Candidate counts a request decoded with more candidates is also seen at. Feedback is recorded at
+# one count and served at others (the LSP asks 3, an HTTP client often 1, an operator may change
+# it), and the agreement features mean something else at each. Candidate i's text does not depend
+# on how many were decoded (each sampler is seeded by its index, and sampled lines are held to the
+# greedy one's rounds), so the first k of a recorded request are exactly what k would have given.
+VIEWS = (1, 3)
+
+
+def _views(decoded: int) -> list[int]:
+    """0 (as recorded) and each of :data:`VIEWS` below the request's count of decoded candidates."""
+    return [0, *(k for k in VIEWS if k < decoded)]
+
+
+def _rows_of(
+    cid: str,
+    story: _Story,
+    completion: CompletionEvent,
+    candidates: list,
+    written: str | None,
+    view: int,
+) -> list[ValueRow]:
+    # As the engine's ranker saw them: every candidate not dropped as broken, duplicates included.
+    samples = tuple(c.text for c in candidates if c.dropped in (None, "duplicate") and c.source == "model")
+    rows = []
+    for candidate in candidates:
+        if not candidate.text:
+            continue
+        shown = candidate.index in story.shown
+        retained = story.retained.get(candidate.index) if shown else None
+        taken: bool | None
+        if shown:
+            taken = _taken_whole(story, candidate.index, candidate.text)
+        elif candidate.dropped is None and written is not None:
+            taken = would_take(candidate.text, written)
+        else:
+            taken = None
+        if taken is None:
+            continue
+        value_input = ValueInput(
+            completion.prefix,
+            completion.suffix,
+            candidate.text,
+            candidate.logprobs,
+            candidate.parse_valid,
+            candidate.score,
+            others=others_of(candidate.text, samples),
+            source=candidate.source,
+        )
+        rows.append(
+            ValueRow(
+                value_input,
+                accepted=taken,
+                retained=retained.similarity if retained else None,
+                file=completion.filepath or completion.filepath_hash or "",
+                timestamp=completion.timestamp.timestamp(),
+                request=cid,
+                shown=shown,
+                view=view,
             )
-            rows.append(
-                ValueRow(
-                    value_input,
-                    accepted=taken,
-                    retained=retained.similarity if retained else None,
-                    file=completion.filepath or completion.filepath_hash or "",
-                    timestamp=completion.timestamp.timestamp(),
-                    request=cid,
-                    shown=shown,
-                )
-            )
+        )
     return rows
 
 
@@ -320,8 +350,9 @@ def build_dataset(events: list[FeedbackEvent], config: DatasetConfig | None = No
         "sft_train": len(sft_train),
         "sft_heldout": len(sft_heldout),
         "value_rows": len(rows),
-        "value_rows_shown": sum(r.shown for r in rows),
-        "value_positives": sum(r.label for r in rows),
+        "value_rows_as_decoded": sum(r.view == 0 for r in rows),  # the rest: views with fewer candidates
+        "value_rows_shown": sum(r.shown for r in rows if r.view == 0),
+        "value_positives": sum(r.label for r in rows if r.view == 0),
     }
     return Dataset(sft_train, sft_heldout, value_train, value_heldout, stats)
 

@@ -53,6 +53,11 @@ class ValueRow:
     timestamp: float = 0.0
     request: str = ""  # the completion it was a candidate of; "": a request of its own
     shown: bool = True
+    view: int = 0  # 0: the request as decoded; k: as if only its first k candidates had been
+
+    def decision(self, index: int) -> tuple[str, int]:
+        """The ranker's decision this row was a candidate in: its request, in its view."""
+        return (self.request or f"row-{index}", self.view)
 
     @property
     def label(self) -> int:
@@ -182,13 +187,14 @@ class Choice:
 
 
 def top_choices(rows: list[ValueRow], scores: list[float]) -> tuple[list[str], list[Choice]]:
-    """Per request (in first-seen order): its id and the candidate ``scores`` rank first."""
-    best: dict[str, tuple[float, ValueRow]] = {}
+    """Per decision (a request in a view, in first-seen order): its request's id and the candidate
+    ``scores`` rank first."""
+    best: dict[tuple[str, int], tuple[float, ValueRow]] = {}
     for i, (row, score) in enumerate(zip(rows, scores, strict=True)):
-        key = row.request or f"row-{i}"
+        key = row.decision(i)
         if key not in best or score > best[key][0]:
             best[key] = (score, row)
-    return list(best), [Choice(s, r.label, len(r.input.candidate)) for s, r in best.values()]
+    return [key[0] for key in best], [Choice(s, r.label, len(r.input.candidate)) for s, r in best.values()]
 
 
 def show_outcome(choices: list[Choice], threshold: float) -> dict:
@@ -199,8 +205,9 @@ def show_outcome(choices: list[Choice], threshold: float) -> dict:
 def ranker_ab(rows: list[ValueRow], scores: dict[str, list[float]], default: float) -> dict:
     """Each ranker replayed on the held-out requests, its threshold cross-fitted.
 
-    The requests are split in two halves (by a hash of their id); each half is judged at the
-    threshold calibrated on the other, so no ranker is scored on the rows that set its threshold.
+    The requests are split in two halves (by a hash of their id, every view of one in the same
+    half); each half is judged at the threshold calibrated on the other, so no ranker is scored on
+    the rows that set its threshold.
     """
     report = {}
     for name, ranked in scores.items():
