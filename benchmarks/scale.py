@@ -199,7 +199,7 @@ def start(command: list[str], env: dict, health: str, log: Path, timeout_s: floa
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{command[:4]} exited with {process.returncode}; see {log}")
+            raise RuntimeError(f"{command[:4]} exited with {process.returncode}: {_tail(log)}")
         try:
             if httpx.get(health, timeout=2).status_code == 200:
                 return process
@@ -207,7 +207,12 @@ def start(command: list[str], env: dict, health: str, log: Path, timeout_s: floa
             pass
         time.sleep(0.5)
     process.kill()
-    raise RuntimeError(f"{command[:4]} did not answer {health} within {timeout_s} s; see {log}")
+    raise RuntimeError(f"{command[:4]} did not answer {health} within {timeout_s} s: {_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    """The end of a server's log, for an error raised where the log may not outlive it."""
+    return log.read_text(errors="replace")[-2000:]
 
 
 def editloop_server(home: Path, port: int, log: Path) -> subprocess.Popen:

@@ -46,6 +46,7 @@ import numpy as np
 from llama_cpp import Llama
 from qwen_shape import NAME as QWEN_NAME
 from qwen_shape import qwen_shape_version
+from scale import start
 from typing_trace import Editor, Replayed, Trace, typing_trace
 
 from editloop.completion.prompt import build_prompt
@@ -217,42 +218,24 @@ def serve_process(home: Path, **overrides: object) -> Iterator[str]:
     """``editloop serve`` on ``home`` in a process of its own, as users run it; yields its URL.
 
     A server in a thread of this process would share one GIL with the client timing it and with the
-    other contenders' servers: every hand-over between them waits up to Python's switch interval
-    (5 ms), which is not what an editor talking to ``editloop serve`` sees.
+    other contenders' servers, which is not what an editor talking to ``editloop serve`` sees.
     """
     settings = _server_overrides({"trainer": False, **overrides})
     env = {**os.environ, "EDITLOOP_HOME": str(home)}
     env |= {f"EDITLOOP_{key.upper()}": _env_value(value) for key, value in settings.items()}
     url = f"http://127.0.0.1:{settings['port']}"
-    with tempfile.NamedTemporaryFile(prefix="editloop-serve-", suffix=".log", delete=False) as log:
-        proc = subprocess.Popen([sys.executable, "-m", "editloop", "serve"], env=env, stdout=log, stderr=log)
-    try:
-        _wait_ready(proc, url, Path(log.name))
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        Path(log.name).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "editloop", "serve"]
+        proc = start(command, env, f"{url}/health/ready", Path(tmp) / "serve.log", timeout_s=300)
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
 
 
 def _env_value(value: object) -> str:
     return json.dumps(value) if isinstance(value, (bool, list, dict)) else str(value)
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 300) -> None:
-    """Until ``/health/ready`` answers 200 (the model loaded); a server that exits shows its log."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"editloop serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"editloop serve did not get ready within {timeout_s} s: {log.read_text()[-2000:]}")
 
 
 def cursor_section(home: Path, version: ModelVersion, n_ctx: int, count: int) -> dict:

@@ -82,31 +82,32 @@ def test_targets_follow_what_the_developer_kept() -> None:
     assert data.stats["samples"] == 4
 
 
-def test_candidates_not_shown_are_labelled_by_what_the_developer_wrote() -> None:
+def _passed_over(texts: list[str], dropped: dict[int, str], written: str) -> list:
+    """A completion whose first candidate was shown and rejected, and what the developer then wrote."""
     base = {"completion_id": "c1", "timestamp": T0.isoformat()}
-    texts = ["pass", "return -x", "return x", "return -x + 1 if x else 0", "return -", "retur(("]
     candidates = [
-        {"index": i, "text": t, "score": 0.5, "shown": i == 0, "logprobs": [-0.5]}
+        {"index": i, "text": t, "score": 0.5, "shown": i == 0, "logprobs": [-0.5], "dropped": dropped.get(i)}
         for i, t in enumerate(texts)
     ]
-    candidates[4]["dropped"] = "duplicate"
-    candidates[5]["dropped"] = "syntax"
-    events = [
-        parse_event(e)
-        for e in (
-            {
-                **base,
-                "type": "completion",
-                "event_id": "c",
-                "prefix": "def f(x):\n    ",
-                "suffix": "\n",
-                "filepath": "a.py",
-                "candidates": candidates,
-            },
-            {**base, "type": "rejected", "event_id": "r"},
-            {**base, "type": "edited", "event_id": "e", "after": "rejected", "text": "return -x + 1  \n"},
-        )
-    ]
+    events = (
+        {
+            **base,
+            "type": "completion",
+            "event_id": "c",
+            "prefix": "def f(x):\n    ",
+            "suffix": "\n",
+            "filepath": "a.py",
+            "candidates": candidates,
+        },
+        {**base, "type": "rejected", "event_id": "r"},
+        {**base, "type": "edited", "event_id": "e", "after": "rejected", "text": written},
+    )
+    return [parse_event(e) for e in events]
+
+
+def test_candidates_not_shown_are_labelled_by_what_the_developer_wrote() -> None:
+    texts = ["pass", "return -x", "return x", "return -x + 1 if x else 0", "return -", "retur(("]
+    events = _passed_over(texts, {4: "duplicate", 5: "syntax"}, "return -x + 1  \n")
     rows = build_dataset(events, DatasetConfig(heldout_files=0.0, heldout_recent=0.0)).value_rows
     labels = {r.input.candidate: (r.label, r.shown) for r in rows}
     # "return -x" is a prefix of what was written: taken whole. The longer one agrees as far as the
@@ -118,29 +119,8 @@ def test_candidates_not_shown_are_labelled_by_what_the_developer_wrote() -> None
 def test_a_request_is_also_seen_with_its_first_candidates_only() -> None:
     """Candidate i's text does not depend on how many were decoded, so a request decoded with six
     also shows what one and three would have given: rows per view, their peers from that view."""
-    base = {"completion_id": "c1", "timestamp": T0.isoformat()}
     texts = ["pass", "return -x", "return x", "return -x", "return 1", "return 2"]
-    candidates = [
-        {"index": i, "text": t, "score": 0.5, "shown": i == 0, "logprobs": [-0.5]}
-        for i, t in enumerate(texts)
-    ]
-    candidates[3]["dropped"] = "duplicate"
-    events = [
-        parse_event(e)
-        for e in (
-            {
-                **base,
-                "type": "completion",
-                "event_id": "c",
-                "prefix": "def f(x):\n    ",
-                "suffix": "\n",
-                "filepath": "a.py",
-                "candidates": candidates,
-            },
-            {**base, "type": "rejected", "event_id": "r"},
-            {**base, "type": "edited", "event_id": "e", "after": "rejected", "text": "return -x\n"},
-        )
-    ]
+    events = _passed_over(texts, {3: "duplicate"}, "return -x\n")
     data = build_dataset(events, DatasetConfig(heldout_files=0.0, heldout_recent=0.0))
     by_view: dict[int, dict[str, tuple]] = {}
     for row in data.value_rows:
