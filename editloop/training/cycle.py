@@ -573,9 +573,10 @@ def scores_by_ranker(data: Dataset, value: ValueModel | None) -> dict[str, list[
 
 def rank_cost_ms(model: ValueModel, data: Dataset) -> float | None:
     """The value model's p50 cost to score one held-out request's candidates (what serving pays)."""
-    requests: defaultdict[tuple[str, int], list[ValueInput]] = defaultdict(list)
+    requests: defaultdict[str, list[ValueInput]] = defaultdict(list)
     for i, row in enumerate(data.value_heldout):
-        requests[row.decision(i)].append(row.input)
+        if row.view == 0:  # the requests as they were decoded, not their views with fewer candidates
+            requests[row.request or str(i)].append(row.input)
     costs = []
     for inputs in list(requests.values())[:200]:
         started = time.perf_counter()
