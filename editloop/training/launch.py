@@ -206,6 +206,20 @@ def worker(job_dir: Path) -> None:
         with tmp.open("wb") as f:
             pickle.dump(report, f)
         os.replace(tmp, job_dir / REPORT)
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group before the interpreter exits, after a stage that succeeded.
+
+    Left to interpreter teardown, gloo's worker threads can outlive what they hold and the rank dies
+    with SIGABRT ("terminate called without an active exception") after its work is done, failing
+    the launch (seen on CPU, two ranks). Not after a failure: ranks still in a collective would hang.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
