@@ -4,7 +4,8 @@ Cursor positions in real standard-library files (line mode, 32 new tokens at mos
 first benchmark:
 
 - ``raw``: llama-cpp-python's ``create_completion`` on the FIM prompt (the reference);
-- ``complete_n1`` / ``complete_n5``: editloop's ``/complete`` over HTTP, 1 and 5 candidates + reranking;
+- ``complete_n1`` / ``complete_n5``: editloop's ``/complete`` over HTTP, 1 and 5 candidates + reranking
+  (each editloop server is ``editloop serve`` in a process of its own, as users run it);
 - ``llama_cpp_server_n1``: ``python -m llama_cpp.server``'s ``/v1/completions`` on the same GGUF;
 - ``cache_hit``: ``/complete`` right after the user typed the first characters of a shown completion.
 
