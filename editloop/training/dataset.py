@@ -18,6 +18,7 @@ evaluation never sees a file or a moment the training saw.
 >>> len(data.sft_train), len(data.sft_heldout), len(data.value_rows)  # doctest: +SKIP
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 from editloop.completion.value import ValueInput, others_of
 from editloop.feedback.events import (
     AcceptedEvent,
+    Candidate,
     CompletionEvent,
     EditedEvent,
     FeedbackEvent,
@@ -190,14 +192,13 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
     """
     rows = []
     for cid, story in stories.items():
-        completion = story.completion
-        if completion is None:
+        if story.completion is None:
             continue
-        written = _written(story)
-        decoded = sum(c.source == "model" for c in completion.candidates)
-        for view in _views(decoded):
-            seen = [c for c in completion.candidates if c.source != "model" or not view or c.index < view]
-            rows += _rows_of(cid, story, completion, seen, written, view)
+        labelled = _labelled(cid, story, story.completion)
+        rows += [row for _, row in labelled]
+        decoded = sum(c.source == "model" for c in story.completion.candidates)
+        for view in (k for k in VIEWS if k < decoded):
+            rows += _in_view(story.completion.candidates, labelled, view)
     return rows
 
 
@@ -209,23 +210,18 @@ def _value_rows(stories: dict[str, _Story]) -> list[ValueRow]:
 VIEWS = (1, 3)
 
 
-def _views(decoded: int) -> list[int]:
-    """0 (as recorded) and each of :data:`VIEWS` below the request's count of decoded candidates."""
-    return [0, *(k for k in VIEWS if k < decoded)]
+def _ranked_samples(candidates: list) -> tuple[str, ...]:
+    """The model's samples as the engine's ranker saw them: every one not dropped as broken,
+    duplicates included."""
+    return tuple(c.text for c in candidates if c.dropped in (None, "duplicate") and c.source == "model")
 
 
-def _rows_of(
-    cid: str,
-    story: _Story,
-    completion: CompletionEvent,
-    candidates: list,
-    written: str | None,
-    view: int,
-) -> list[ValueRow]:
-    # As the engine's ranker saw them: every candidate not dropped as broken, duplicates included.
-    samples = tuple(c.text for c in candidates if c.dropped in (None, "duplicate") and c.source == "model")
-    rows = []
-    for candidate in candidates:
+def _labelled(cid: str, story: _Story, completion: CompletionEvent) -> list[tuple[Candidate, ValueRow]]:
+    """Each candidate whose label is known, with its row as the request was decoded."""
+    written = _written(story)
+    samples = _ranked_samples(completion.candidates)
+    out = []
+    for candidate in completion.candidates:
         if not candidate.text:
             continue
         shown = candidate.index in story.shown
@@ -249,19 +245,36 @@ def _rows_of(
             others=others_of(candidate.text, samples),
             source=candidate.source,
         )
-        rows.append(
-            ValueRow(
-                value_input,
-                accepted=taken,
-                retained=retained.similarity if retained else None,
-                file=completion.filepath or completion.filepath_hash or "",
-                timestamp=completion.timestamp.timestamp(),
-                request=cid,
-                shown=shown,
-                view=view,
-            )
+        row = ValueRow(
+            value_input,
+            accepted=taken,
+            retained=retained.similarity if retained else None,
+            file=completion.filepath or completion.filepath_hash or "",
+            timestamp=completion.timestamp.timestamp(),
+            request=cid,
+            shown=shown,
         )
-    return rows
+        out.append((candidate, row))
+    return out
+
+
+def _in_view(
+    candidates: list[Candidate], labelled: list[tuple[Candidate, ValueRow]], view: int
+) -> list[ValueRow]:
+    """The rows as if only the first ``view`` model candidates had been decoded: the same labels,
+    their peers from the view (codebase copies do not depend on the count)."""
+
+    def seen(c: Candidate) -> bool:
+        return c.source != "model" or c.index < view
+
+    samples = _ranked_samples([c for c in candidates if seen(c)])
+    return [
+        dataclasses.replace(
+            row, input=dataclasses.replace(row.input, others=others_of(c.text, samples)), view=view
+        )
+        for c, row in labelled
+        if seen(c)
+    ]
 
 
 def _taken_whole(story: _Story, choice: int, text: str) -> bool:
