@@ -4,7 +4,9 @@ current weights with it, as a "ranker" version, released like any other."""
 import os
 from pathlib import Path
 
+from editloop.completion.served import load_served
 from editloop.completion.value import ValueModel
+from editloop.models.llama import LlamaBackend
 from editloop.models.registry import LINK_BYTES, Registry, _link_or_copy
 from editloop.settings import load_settings
 from editloop.training.cycle import Cycle, CycleConfig, weights_of
@@ -40,6 +42,15 @@ def test_refused_weights_still_ship_a_better_ranker(tiny_settings, tiny_version,
     assert registry.verify(current.name).name == current.name
     loaded = ValueModel.load(ranker.path)
     assert loaded is not None and loaded.weights == model.weights
+    # Serving loads it as every version is loaded: the value model ranks, at its calibrated threshold.
+    served = load_served(ranker, LlamaBackend.from_version(ranker, n_threads=1))
+    try:
+        name, chosen, threshold = served.pick(None)
+        assert name == chosen.name == "value" and threshold == 0.3
+        value = served.value_model()
+        assert value is not None and value.weights == model.weights
+    finally:
+        served.close()
     assert ValueModel.load(current.path) is None or ValueModel.load(current.path) != loaded
     # The warm start belongs to the weights, so the next cycle from the ranker version continues it.
     assert weights_of(ranker) == current.name
