@@ -8,7 +8,7 @@ import pytest
 
 from editloop.completion.cache import CompletionCache
 from editloop.completion.engine import CompletionEngine, EngineConfig
-from editloop.completion.prompt import CHARS_PER_TOKEN_MAX, build_prompt
+from editloop.completion.prompt import CHARS_PER_TOKEN_MAX, RecentCuts, build_prompt
 from editloop.completion.served import load_served
 from editloop.completion.types import CompletionRequest, Snippet
 from editloop.models.kvcache import common_prefix
@@ -106,6 +106,33 @@ def test_a_wrong_guess_of_the_cut_is_mended_in_a_jump(backend) -> None:
     assert counting.calls <= 3  # the suffix, the guessed cut, the jump
     room = backend.n_ctx - 32 - 8 - prompt.suffix_tokens
     assert prompt.prefix_tokens >= 0.6 * room  # a grid step is about a third of tiny's room
+
+
+def test_typing_keeps_the_last_cut_and_tokenizes_the_prefix_once(backend) -> None:
+    """While a developer types, the text before the last cut stays the same: with RecentCuts the
+    cut is tried there first and fits, one tokenization of the prefix per keystroke where guessing
+    took two (dense code before the cursor, prose after it); the prompt's start stays in place."""
+    text = "    if (a[i] > b[j]) { c[k] = d[l]; }\n" * 500
+    suffix = "\n" + "# an explanation of everything that follows, in considerable detail\n" * 200
+    cuts, counting, plain = RecentCuts(), _Counting(backend), _Counting(backend)
+    sticky, guessed = [], []
+    for n in range(15000, 15200):
+        sticky.append(build_prompt(counting, text[:n], suffix, [], None, 32, cuts))
+        guessed.append(build_prompt(plain, text[:n], suffix, [], None, 32))
+    assert counting.calls <= 2 * len(sticky) + 12  # the suffix and the kept prefix; a few new cuts
+    assert plain.calls >= 2.5 * len(guessed)  # the suffix, the guessed cut and its jump
+    room = backend.n_ctx - 32 - 8 - sticky[0].suffix_tokens
+    for prompt in sticky:
+        assert prompt.truncated and len(prompt.ids) <= backend.n_ctx - 32
+        assert prompt.prefix_tokens >= 0.6 * room  # a grid step is about a third of tiny's room
+    # As much of the prefix as guessing each cut anew keeps.
+    assert sum(p.prefix_tokens for p in sticky) >= 0.98 * sum(p.prefix_tokens for p in guessed)
+    starts = [p.ids[: p.ids.index(backend.special_id(backend.fim.prefix)) + 8] for p in sticky]
+    assert sum(a == b for a, b in itertools.pairwise(starts)) >= 0.9 * (len(starts) - 1)
+    # Another document's text is not cut where this one was.
+    other = "x = compute(y)  # a comment\n" * 800
+    alone = build_prompt(backend, other, suffix, [], None, 32)
+    assert build_prompt(backend, other, suffix, [], None, 32, cuts).ids == alone.ids
 
 
 def test_a_long_prefix_is_tokenized_about_once(backend) -> None:

@@ -17,7 +17,7 @@ from typing import Protocol
 from editloop.completion.cache import CompletionCache
 from editloop.completion.context.workspace import CodebaseCandidate, ContextService, Workspace
 from editloop.completion.postprocess import Cleaner, dedupe, resolve_mode
-from editloop.completion.prompt import build_prompt
+from editloop.completion.prompt import RecentCuts, build_prompt
 from editloop.completion.ranker import RankContext, Ranker, RankInput, should_abstain
 from editloop.completion.served import ServedModel
 from editloop.completion.syntax import SyntaxChecker, language_for_path
@@ -77,6 +77,7 @@ class CompletionEngine:
         self.cache = cache
         self.context = context
         self.syntax = SyntaxChecker()
+        self.cuts = RecentCuts()
         self._documents: dict[str, threading.Event] = {}
         self._documents_lock = threading.Lock()
 
@@ -165,7 +166,9 @@ class CompletionEngine:
             extra += workspace.gather(request.filepath, request.prefix, request.suffix)
             copies = workspace.continuations(request.filepath, request.prefix, block=mode == "block")
         context_ms = _ms(context_started)
-        prompt = build_prompt(backend, request.prefix, request.suffix, extra, request.filepath, max_tokens)
+        prompt = build_prompt(
+            backend, request.prefix, request.suffix, extra, request.filepath, max_tokens, self.cuts
+        )
         n = min(request.n, self.config.max_candidates)
         deadline = time.monotonic() + request.time_budget_ms / 1000 if request.time_budget_ms else None
         params = GenerationParams(

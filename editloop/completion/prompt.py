@@ -13,10 +13,14 @@ template says ``spm``).
 A prefix too long for its share is cut at a line start on a fixed grid of character offsets
 (:data:`WINDOW_STEPS` steps per context), not token by token: while the user types, the cut stays
 where it was, consecutive prompts begin alike, and a KV cache keeps what they share. The prefix
-gives up at most one step of its share for that.
+gives up at most one step of its share for that. A :class:`RecentCuts` given to
+:func:`build_prompt` keeps the cut exactly where the last prompt of the same text had it for as
+long as that still fits well: one tokenization of the prefix per keystroke instead of two.
 """
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +38,7 @@ MIN_PROMPT_TOKENS = 16
 # (code before and after a cursor differ a little), and is kept if it fills at least GUESS_FILL.
 GUESS_MARGIN, GUESS_FILL = 0.98, 0.8
 MIN_MEASURED_TOKENS = 32
+RECENT_CUTS = 16  # documents whose last cut is remembered
 
 
 class PromptModel(Protocol):
@@ -59,6 +64,42 @@ class Prompt:
     snippets: list[int] = field(default_factory=list)  # indices of the extra snippets in the prompt
 
 
+class RecentCuts:
+    """Where the last prompts cut their prefixes, a few documents' worth; safe to share between threads.
+
+    A developer typing appends to the prefix, so the text before the last cut is unchanged and the
+    cut usually still fits. Trying it first costs one tokenization; guessing a new cut costs two on
+    code denser than the text after the cursor (the guess comes from the suffix). It keeps the
+    prompt's start, and with it the KV cache, exactly in place until the share is full.
+    """
+
+    def __init__(self, size: int = RECENT_CUTS) -> None:
+        self._size = size
+        # (grid step, where the cut is, hash of the text before it) → the text's length when a
+        # try at the grid point before it did not fit (None: not known). A file's head is not kept.
+        self._cuts: OrderedDict[tuple[int, int, int], int | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def latest(self, text: str, step: int) -> tuple[int, bool] | None:
+        """The latest cut on ``step``'s grid whose text before it ``text`` still begins with, and
+        whether no earlier grid point can fit (the text after the cut has not shrunk since one did not)."""
+        with self._lock:
+            cuts = list(reversed(self._cuts.items()))
+        for (s, start, head), tight in cuts:
+            if s == step and start < len(text) and hash(text[:start]) == head:
+                return start, tight is not None and len(text) >= tight
+        return None
+
+    def remember(self, text: str, step: int, start: int, tight: bool) -> None:
+        key = (step, start, hash(text[:start]))
+        with self._lock:
+            known = self._cuts.get(key)
+            self._cuts[key] = (len(text) if known is None else min(known, len(text))) if tight else None
+            self._cuts.move_to_end(key)
+            while len(self._cuts) > self._size:
+                self._cuts.popitem(last=False)
+
+
 def build_prompt(
     backend: PromptModel,
     prefix: str,
@@ -66,8 +107,13 @@ def build_prompt(
     extra: list[Snippet],
     filepath: str | None,
     max_new_tokens: int,
+    cuts: RecentCuts | None = None,
 ) -> Prompt:
-    """Token ids of the FIM prompt; :class:`BadRequestError` if max_tokens leaves no room for one."""
+    """Token ids of the FIM prompt; :class:`BadRequestError` if max_tokens leaves no room for one.
+
+    With ``cuts`` a prefix is first cut where a recent prompt of the same text cut it (see
+    :class:`RecentCuts`); without, the same request always gives the same prompt.
+    """
     budget = backend.n_ctx - max_new_tokens - SPECIAL_MARGIN
     if budget < MIN_PROMPT_TOKENS:
         largest = backend.n_ctx - SPECIAL_MARGIN - MIN_PROMPT_TOKENS
@@ -88,13 +134,18 @@ def build_prompt(
     )
     room = budget - len(suffix_ids) - len(extra_ids)
     step = max(CHARS_PER_TOKEN, backend.n_ctx * CHARS_PER_TOKEN // WINDOW_STEPS)
-    prefix_ids, truncated = _tail(backend, prefix, room, step, chars_per_token)
+    prefix_ids, truncated = _tail(backend, prefix, room, step, chars_per_token, cuts)
     ids = [*extra_ids, *ordered(prefix_ids, suffix_ids, (pre_id, suf_id, mid_id), fim.spm)]
     return Prompt(ids, len(prefix_ids), len(suffix_ids), len(extra_ids), truncated, used)
 
 
 def _tail(
-    backend: PromptModel, text: str, limit: int, step: int, chars_per_token: float | None = None
+    backend: PromptModel,
+    text: str,
+    limit: int,
+    step: int,
+    chars_per_token: float | None = None,
+    cuts: RecentCuts | None = None,
 ) -> tuple[list[int], bool]:
     """The end of ``text`` in at most ``limit`` tokens, cut at a line start after a multiple of
     ``step`` characters; and whether anything was cut.
@@ -106,27 +157,58 @@ def _tail(
     """
     if not text or limit <= 0:
         return [], bool(text)
-    if chars_per_token and len(text) > limit * chars_per_token:
+    long = len(text) > limit * (chars_per_token or CHARS_PER_TOKEN)
+    if cuts is not None and long and (kept := _at_latest_cut(backend, text, limit, step, cuts)) is not None:
+        return kept, True
+    found = _tail_cut(backend, text, limit, step, chars_per_token if long else None)
+    if found.start is not None and cuts is not None:
+        cuts.remember(text, step, found.start, found.failed)
+    return found.ids, found.truncated
+
+
+def _at_latest_cut(
+    backend: PromptModel, text: str, limit: int, step: int, cuts: RecentCuts
+) -> list[int] | None:
+    """The tokens from the latest cut of this text, if they fit and fill the share as a guess must."""
+    latest = cuts.latest(text, step)
+    if latest is None or len(text) - latest[0] > limit * CHARS_PER_TOKEN_MAX:
+        return None
+    start, tight = latest
+    kept = backend.tokenize(text[start:])
+    if len(kept) > limit or not (tight or len(kept) >= limit * GUESS_FILL):
+        return None
+    cuts.remember(text, step, start, tight)
+    return kept
+
+
+@dataclass(frozen=True)
+class _Cut:
+    ids: list[int]
+    truncated: bool
+    start: int | None = None  # where a cut at a line start kept the text from
+    failed: bool = False  # a try at an earlier grid point did not fit
+
+
+def _tail_cut(backend: PromptModel, text: str, limit: int, step: int, chars_per_token: float | None) -> _Cut:
+    if chars_per_token:
         least = len(text) - int(limit * chars_per_token * GUESS_MARGIN)
         found = _from_cut(backend, text, limit, step, least)
         # Past a grid point that did not fit, no cut keeps more: a short share is all there is.
-        if found is not None and (found[1] or len(found[0]) >= limit * GUESS_FILL):
-            return found[0], True
+        if found is not None and (found.failed or len(found.ids) >= limit * GUESS_FILL):
+            return found
     start = max(0, len(text) - limit * CHARS_PER_TOKEN_MAX)
     ids = backend.tokenize(text[start:])
     if len(ids) <= limit and start == 0:
-        return ids, False
+        return _Cut(ids, False)
     # Where the cut must be at least, from this text's own characters per token.
     least = len(text) - int(limit * (len(text) - start) / max(1, len(ids)))
     found = _from_cut(backend, text, limit, step, max(least, start))
-    return (found[0], True) if found is not None else (ids[len(ids) - limit :], True)
+    return found if found is not None else _Cut(ids[len(ids) - limit :], True)
 
 
-def _from_cut(
-    backend: PromptModel, text: str, limit: int, step: int, least: int
-) -> tuple[list[int], bool] | None:
+def _from_cut(backend: PromptModel, text: str, limit: int, step: int, least: int) -> _Cut | None:
     """The tokens from a line start after a grid point at or past ``least`` that fit in ``limit``,
-    and whether a try before them did not fit; None when four tries find none.
+    where they start, and whether a try before them did not fit; None when four tries find none.
 
     A try that does not fit moves the cut by what its surplus tokens span at the density it
     measured, at least a step: where the suffix's characters per token misguess the cut (prose
@@ -141,7 +223,7 @@ def _from_cut(
         start = line + 1 if line >= 0 else cut
         kept = backend.tokenize(text[start:]) if cut < len(text) else []
         if len(kept) <= limit:
-            return kept, failed
+            return _Cut(kept, True, start, failed)
         failed = True
         surplus_chars = (len(kept) - limit) * (len(text) - start) / len(kept)
         point += max(1, math.ceil(surplus_chars / step))
