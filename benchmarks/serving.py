@@ -18,6 +18,9 @@ speed, idle and while a retrain cycle trains beside the server (the trainer as `
 starts it), and that cycle's slowdown. The same trace and speculation figures for a
 Qwen2.5-Coder-0.5B-shaped model (:mod:`qwen_shape`) are under ``qwen2.5-coder-0.5b``.
 
+Every HTTP contender is timed through the same keep-alive standard-library client
+(:mod:`lean_http`): httpx's own Python would add about a millisecond a request that no server spends.
+
 Run: ``make bench`` or ``.venv/bin/python benchmarks/serving.py [--requests 40] [--skip-training]``.
 Targets (``targets``): trace complete_n1 p50 ≤ 0.8× raw, complete_n5 ≤ 1.3× complete_n1, type-ahead hit
 p50 ≤ 5 ms, p95 with a cycle training beside ≤ 2× idle.
@@ -44,6 +47,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from lean_http import JsonClient
 from llama_cpp import Llama
 from qwen_shape import NAME as QWEN_NAME
 from qwen_shape import qwen_shape_version
@@ -137,33 +141,40 @@ class Raw:
 
 def time_http(url: str, path: str, bodies: list[dict], headers: dict) -> list[float]:
     out = []
-    with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+    http = JsonClient(url, headers, timeout=120)
+    try:
         for body in bodies:
             started = time.perf_counter()
-            reply = http.post(path, json=body)
+            status, reply = http.post(path, body)
             out.append(time.perf_counter() - started)
-            reply.raise_for_status()
+            if status != 200:
+                raise RuntimeError(f"{path} answered {status}: {reply}")
+    finally:
+        http.close()
     return out
 
 
 def time_cache_hits(url: str, prompts: list[tuple[str, str]], headers: dict) -> tuple[list[float], int]:
     """Latency of the request after typing two characters of the shown completion; and misses."""
     out, misses = [], 0
-    with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
+    http = JsonClient(url, headers, timeout=60)
+    try:
         for prefix, suffix in prompts:
-            first = http.post("/complete", json={"prefix": prefix, "suffix": suffix, "mode": "line"}).json()
+            _, first = http.post("/complete", {"prefix": prefix, "suffix": suffix, "mode": "line"})
             shown = first["choices"][0]["text"] if first["choices"] else ""
             if len(shown.strip()) < 3:  # typing 2 of 2 characters leaves nothing to suggest
                 continue
             typed = shown[: len(shown) - len(shown.lstrip()) + 2]  # what a user types: up to 2 visible chars
             started = time.perf_counter()
-            second = http.post("/complete", json={"prefix": prefix + typed, "suffix": suffix, "mode": "line"})
+            _, second = http.post("/complete", {"prefix": prefix + typed, "suffix": suffix, "mode": "line"})
             elapsed = time.perf_counter() - started
-            if second.json()["cached"]:
+            if second["cached"]:
                 out.append(elapsed)
             else:
                 misses += 1
                 print(f"type-ahead miss: shown {shown!r}", file=sys.stderr)
+    finally:
+        http.close()
     return out, misses
 
 
@@ -306,7 +317,7 @@ def trace_section(
             url = stack.enter_context(serve_process(home, **overrides))
             editors[name] = (Editor(url, HEADERS, typeahead=name in ("complete_n1", "complete_n5")), n)
             stack.callback(editors[name][0].close)
-        server = httpx.Client(base_url=stack.enter_context(llama_cpp_server(version, n_ctx)), timeout=300)
+        server = JsonClient(stack.enter_context(llama_cpp_server(version, n_ctx)))
         stack.callback(server.close)
         raw = Raw(version, n_ctx)
         stack.callback(raw.close)
@@ -315,7 +326,9 @@ def trace_section(
 
         def ask_server(i: int) -> None:
             started = time.perf_counter()
-            server.post("/v1/completions", json={"prompt": texts[i], **server_body}).raise_for_status()
+            status, reply = server.post("/v1/completions", {"prompt": texts[i], **server_body})
+            if status != 200:
+                raise RuntimeError(f"llama_cpp.server answered {status}: {reply}")
             server_s.append(time.perf_counter() - started)
 
         contenders: dict[str, Callable[[int], object]] = {

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from lean_http import JsonClient
 
 from editloop.eval.replay import ReplayConfig, Suggestion, replay
 from editloop.eval.replay_tasks import Hunk, TypingTask
@@ -112,17 +112,17 @@ class Editor:
     """
 
     def __init__(self, url: str, headers: dict, typeahead: bool = False) -> None:
-        self.http = httpx.Client(base_url=url, timeout=300, headers=headers)
+        self.http = JsonClient(url, headers)
         self.typeahead = typeahead
         self.out = Replayed()
 
     def ask(self, body: dict, truth: str) -> None:
         self.out.sent_at.append(time.time())
         sent = time.perf_counter()
-        reply = self.http.post("/complete", json=body)
+        status, result = self.http.post("/complete", body)
         self.out.latencies_s.append(time.perf_counter() - sent)
-        reply.raise_for_status()
-        result = reply.json()
+        if status != 200:
+            raise RuntimeError(f"/complete answered {status}: {result}")
         shown = result["choices"][0]["text"] if result["choices"] else ""
         self.out.texts.append(shown)
         self.out.cached += bool(result.get("cached"))
@@ -146,9 +146,9 @@ class Editor:
         if len(shown.strip()) < 3:  # typing 2 of 2 characters leaves nothing to suggest
             return
         sent = time.perf_counter()
-        reply = self.http.post("/complete", json={**body, "prefix": body["prefix"] + typed})
+        _, reply = self.http.post("/complete", {**body, "prefix": body["prefix"] + typed})
         elapsed = time.perf_counter() - sent
-        if reply.json().get("cached"):
+        if reply.get("cached"):
             self.out.typeahead_s.append(elapsed)
         else:
             self.out.typeahead_misses += 1
