@@ -85,10 +85,17 @@ class Services:
         finally:
             self.limiter.release()
         elapsed = time.perf_counter() - started
+        # Counted and recorded once the reply is written (the handler's task runs to its end
+        # first): building the event (privacy checks, redaction) is not the editor's wait.
+        asyncio.get_running_loop().call_soon(self._account, request, result, endpoint, elapsed)
+        return result
+
+    def _account(
+        self, request: CompletionRequest, result: CompletionResult, endpoint: str, elapsed: float
+    ) -> None:
         self.metrics.observe(endpoint, result, elapsed)
         if self.feedback is not None:
             self.feedback.record_completion(request, result, endpoint, elapsed)
-        return result
 
 
 def build_services(settings: Settings, models: ModelManager[ServedModel] | None = None) -> Services:
