@@ -21,19 +21,23 @@ class JsonClient:
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         self._connection: http.client.HTTPConnection | None = None
 
-    def post(self, path: str, body: dict) -> tuple[int, dict]:
-        """The reply's status and JSON body."""
+    def post(self, path: str, body: dict) -> dict:
+        """The reply's JSON body; RuntimeError for a reply that is not a success."""
         data = json.dumps(body).encode()
         for attempt in range(2):
             connection = self._connect()
             try:
                 connection.request("POST", path, body=data, headers=self._headers)
                 reply = connection.getresponse()
-                return reply.status, json.loads(reply.read() or b"null")
+                content = reply.read()
             except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
                 self.close()
                 if attempt:
                     raise
+                continue
+            if not 200 <= reply.status < 300:
+                raise RuntimeError(f"{path} answered {reply.status}: {content[:500]!r}")
+            return json.loads(content or b"null")
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -145,10 +145,8 @@ def time_http(url: str, path: str, bodies: list[dict], headers: dict) -> list[fl
     try:
         for body in bodies:
             started = time.perf_counter()
-            status, reply = http.post(path, body)
+            http.post(path, body)
             out.append(time.perf_counter() - started)
-            if status != 200:
-                raise RuntimeError(f"{path} answered {status}: {reply}")
     finally:
         http.close()
     return out
@@ -160,13 +158,13 @@ def time_cache_hits(url: str, prompts: list[tuple[str, str]], headers: dict) -> 
     http = JsonClient(url, headers, timeout=60)
     try:
         for prefix, suffix in prompts:
-            _, first = http.post("/complete", {"prefix": prefix, "suffix": suffix, "mode": "line"})
+            first = http.post("/complete", {"prefix": prefix, "suffix": suffix, "mode": "line"})
             shown = first["choices"][0]["text"] if first["choices"] else ""
             if len(shown.strip()) < 3:  # typing 2 of 2 characters leaves nothing to suggest
                 continue
             typed = shown[: len(shown) - len(shown.lstrip()) + 2]  # what a user types: up to 2 visible chars
             started = time.perf_counter()
-            _, second = http.post("/complete", {"prefix": prefix + typed, "suffix": suffix, "mode": "line"})
+            second = http.post("/complete", {"prefix": prefix + typed, "suffix": suffix, "mode": "line"})
             elapsed = time.perf_counter() - started
             if second["cached"]:
                 out.append(elapsed)
@@ -326,9 +324,7 @@ def trace_section(
 
         def ask_server(i: int) -> None:
             started = time.perf_counter()
-            status, reply = server.post("/v1/completions", {"prompt": texts[i], **server_body})
-            if status != 200:
-                raise RuntimeError(f"llama_cpp.server answered {status}: {reply}")
+            server.post("/v1/completions", {"prompt": texts[i], **server_body})
             server_s.append(time.perf_counter() - started)
 
         contenders: dict[str, Callable[[int], object]] = {

@@ -169,16 +169,16 @@ def _tail(
 def _at_latest_cut(
     backend: PromptModel, text: str, limit: int, step: int, cuts: RecentCuts
 ) -> list[int] | None:
-    """The tokens from the latest cut of this text, if they fit and fill the share as a guess must."""
+    """The tokens from the latest cut of this text, if it is still one a guess would keep."""
     latest = cuts.latest(text, step)
     if latest is None or len(text) - latest[0] > limit * CHARS_PER_TOKEN_MAX:
         return None
     start, tight = latest
-    kept = backend.tokenize(text[start:])
-    if len(kept) > limit or not (tight or len(kept) >= limit * GUESS_FILL):
+    cut = _Cut(backend.tokenize(text[start:]), True, start, tight)
+    if not cut.keeps(limit):
         return None
     cuts.remember(text, step, start, tight)
-    return kept
+    return cut.ids
 
 
 @dataclass(frozen=True)
@@ -188,13 +188,17 @@ class _Cut:
     start: int | None = None  # where a cut at a line start kept the text from
     failed: bool = False  # a try at an earlier grid point did not fit
 
+    def keeps(self, limit: int) -> bool:
+        """It fits, and fills the share, unless no earlier grid point fits (then a short share is
+        all there is)."""
+        return len(self.ids) <= limit and (self.failed or len(self.ids) >= limit * GUESS_FILL)
+
 
 def _tail_cut(backend: PromptModel, text: str, limit: int, step: int, chars_per_token: float | None) -> _Cut:
     if chars_per_token:
         least = len(text) - int(limit * chars_per_token * GUESS_MARGIN)
         found = _from_cut(backend, text, limit, step, least)
-        # Past a grid point that did not fit, no cut keeps more: a short share is all there is.
-        if found is not None and (found.failed or len(found.ids) >= limit * GUESS_FILL):
+        if found is not None and found.keeps(limit):
             return found
     start = max(0, len(text) - limit * CHARS_PER_TOKEN_MAX)
     ids = backend.tokenize(text[start:])
