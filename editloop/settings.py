@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Larger request bodies get 413.")
     max_pending: int = Field(default=16, ge=1, description="Completions queued or running; beyond that, 503.")
     request_timeout_s: float = Field(default=10.0, gt=0, description="Hard limit on one completion request.")
+    inline_completion_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="A completion runs on the server's event loop, without handing it to a worker thread, "
+        "while it is the only one pending and recent ones took less than this (ms); 0: always on a worker.",
+    )
     model_quant: str | None = Field(default=None, description="GGUF quant to serve; default q8_0, else f16.")
     model_threads: int = Field(default=0, ge=0, description="llama.cpp threads; 0 uses every core.")
     model_context: int = Field(

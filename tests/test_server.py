@@ -1,5 +1,6 @@
 """The HTTP server end to end: a real uvicorn on loopback, the real tiny model, real clients."""
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -7,8 +8,10 @@ import httpx
 import openai
 import pytest
 
+from editloop.completion.types import CompletionRequest, CompletionResult
 from editloop.models.publish import publish_checkpoint
 from editloop.server.main import effective_host
+from editloop.server.services import Dispatch
 from editloop.settings import load_settings
 from tests.server_fixtures import ADMIN, USER, auth, client, copy_home, running_server
 
@@ -208,6 +211,65 @@ def test_full_queue_answers_503_at_once(tiny_settings, tmp_path) -> None:
             limiter.release()
         assert reply.status_code == 503 and reply.json()["error"]["code"] == "overloaded"
         assert reply.headers["retry-after"] == "1"
+
+
+def _ran_on_the_loop(services) -> list[bool]:
+    """Wraps the real engine's ``complete`` to note, per run, whether it ran on the event loop."""
+    seen: list[bool] = []
+    complete = services.engine.complete
+
+    def noting(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:  # a worker thread runs no loop
+            seen.append(False)
+        return complete(*args, **kwargs)
+
+    services.engine.complete = noting
+    return seen
+
+
+@pytest.mark.parametrize("inline_ms", [1000.0, 0.0])
+def test_a_fast_completion_runs_on_the_loop_once_the_model_proves_fast(
+    tiny_settings, tiny_version, tmp_path, inline_ms
+) -> None:
+    home = copy_home(tiny_settings, tmp_path)
+    with running_server(home, cache_entries=0, inline_completion_ms=inline_ms) as (url, _, app):
+        seen = _ran_on_the_loop(app.state.services)
+        with client(url) as http:
+            for seed in range(4):
+                body = {"prefix": "def add(a, b):\n    return ", "seed": seed, "max_tokens": 4}
+                assert http.post("/complete", headers=auth(), json=body).status_code == 200
+        # The first run measures the model on a worker; then the tiny model is fast enough.
+        assert seen == ([False, True, True, True] if inline_ms else [False] * 4)
+
+
+def _result(ms: float, version: str = "v1") -> CompletionResult:
+    return CompletionResult(
+        id="c", model_version=version, choices=[], abstained=True, mode="line", timings={"total_ms": ms}
+    )
+
+
+def test_dispatch_runs_on_the_loop_only_what_cannot_be_worth_a_thread() -> None:
+    dispatch = Dispatch(inline_ms=20.0, max_candidates=8, default_tokens=128)
+    line = CompletionRequest(prefix="x = ", max_tokens=32)
+    assert not dispatch.inline(line, pending=1)  # nothing measured yet
+    dispatch.observe(line, _result(5.0))
+    assert dispatch.inline(line, pending=1)
+    assert not dispatch.inline(line, pending=2)  # another one waits: it may supersede this one
+    assert not dispatch.inline(line.model_copy(update={"project_root": "/src"}), pending=1)
+    # Five times the budget of the measured ones is expected to take 25 ms: a worker's.
+    assert not dispatch.inline(line.model_copy(update={"n": 5}), pending=1)
+    assert not dispatch.inline(CompletionRequest(prefix="x = "), pending=1)  # budgeted at 128 tokens
+    for _ in range(3):
+        dispatch.observe(line, _result(80.0))
+    assert not dispatch.inline(line, pending=1)  # the model has become slow
+    dispatch.observe(line, _result(1.0, version="v2"))
+    dispatch.observe(line, _result(1.0, version="v2"))
+    assert dispatch.inline(line, pending=1)  # a new model is measured afresh
+    dispatch.observe(line, _result(300.0, version="v3"))
+    assert not dispatch.inline(line, pending=1)
 
 
 def test_no_tokens_means_loopback_only() -> None:
