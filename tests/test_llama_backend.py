@@ -352,3 +352,40 @@ def _draw(params: GenerationParams, logits: np.ndarray, count: int) -> list[int]
         return out
     finally:
         llama_cpp.llama_sampler_free(chain)
+
+
+def test_hidden_states_read_a_candidate_as_one_pass_would(backend: LlamaBackend) -> None:
+    prompt = fim_prompt(backend, *SNIPPETS[0])
+    greedy = backend.generate(prompt, GenerationParams(max_tokens=8)).generations[0]
+    one, two = backend.tokenize("value = 1"), backend.tokenize("print(args)")
+    first, second = backend.hidden_states(prompt, [one, two])
+    width = llama_cpp.llama_model_n_embd(backend._native.model)
+    assert first.shape == second.shape == (width,) and np.isfinite(first).all()
+    assert not np.allclose(first, second)
+    # The same text read as part of the prompt, its last token as the continuation: the same state.
+    (again,) = backend.hidden_states(prompt + one[:-1], [one[-1:]])
+    np.testing.assert_allclose(again, first, rtol=1e-3, atol=1e-3)
+    # The prompt's cache is left as generate leaves it: the next request answers the same.
+    assert backend.generate(prompt, GenerationParams(max_tokens=8)).generations[0] == greedy
+    with pytest.raises(ModelError, match="without tokens"):
+        backend.hidden_states(prompt, [[]])
+
+
+def test_generate_reads_each_candidates_hidden_state_without_changing_its_text(backend: LlamaBackend) -> None:
+    prompt = fim_prompt(backend, *SNIPPETS[1])
+    params = GenerationParams(n=3, max_tokens=24, temperature=0.8, seed=5, stop=("\n",))
+    plain = backend.generate(prompt, params).generations
+    read = backend.generate(prompt, dataclasses.replace(params, hidden=True)).generations
+    assert [g.text for g in read] == [g.text for g in plain]
+    assert all(g.hidden is None for g in plain)
+    width = llama_cpp.llama_model_n_embd(backend._native.model)
+    assert all(g.hidden is not None and g.hidden.shape == (width,) for g in read)
+    # The state of the row each candidate's last token (its stop) was drawn from: the model after
+    # the text it kept, as a cycle reads it offline.
+    for g in read:
+        if g.finish_reason == "stop" and g.token_ids and backend.tokenize(g.text) == g.token_ids:
+            (offline,) = backend.hidden_states(prompt, [g.token_ids])
+            np.testing.assert_allclose(g.hidden, offline, rtol=1e-3, atol=1e-3)
+            break
+    else:
+        pytest.fail("no candidate ended at its stop to compare with")

@@ -4,12 +4,15 @@ current weights with it, as a "ranker" version, released like any other."""
 import os
 from pathlib import Path
 
+import llama_cpp
+
 from editloop.completion.served import load_served
 from editloop.completion.value import ValueModel
 from editloop.models.llama import LlamaBackend
 from editloop.models.registry import LINK_BYTES, Registry, _link_or_copy
 from editloop.settings import load_settings
-from editloop.training.cycle import Cycle, CycleConfig, weights_of
+from editloop.training.cycle import Cycle, CycleConfig, hidden_ranker, weights_of
+from editloop.training.dataset import Dataset
 from editloop.training.selection import Checkpoint, WarmStarts
 from editloop.training.value import train_value_model
 from tests.server_fixtures import copy_home
@@ -72,3 +75,35 @@ def test_republish_links_weights_and_copies_what_it_may_rewrite(tmp_path: Path) 
     ValueModel([0.5], 0.0, [0.0], [1.0]).save(tmp_path)
     assert manifest.read_text() != "{}"
     assert (tmp_path / "shared.json").read_text() == "{}"
+
+
+def test_refused_weights_may_ship_a_value_model_that_reads_their_hidden_states(
+    tiny_settings, tiny_version, tmp_path: Path
+) -> None:
+    """The hidden states are read with the current weights (the ones the ranker version keeps): a
+    model reading them is trained and judged like the plain one, and chosen only when it earns more."""
+    settings = load_settings(home=copy_home(tiny_settings, tmp_path / "home"))
+    current = Registry(settings.models_dir).current()
+    assert current is not None
+    data = Dataset(value_train=_rows(200, 0), value_heldout=_rows(120, 1))
+    backend = LlamaBackend.from_version(current, n_threads=1, max_candidates=1)
+    try:
+        model, thresholds, report = hidden_ranker(data, backend, 0.05, max_new_tokens=16)
+        n_embd = llama_cpp.llama_model_n_embd(backend._native.model)
+    finally:
+        backend.close()
+    # The two candidate texts read as two hidden states, and ")" is never taken: it beats log-prob.
+    assert report["published"] and model is not None and model.hidden_width == n_embd
+    assert report["hidden_seconds"] >= 0 and set(thresholds) == {"logprob", "value"}
+    cycle = Cycle(settings, CycleConfig(canary_share=0.0, device="cpu"))
+    plain = train_value_model(_rows(200, 0))
+    plain.metrics = {"ab": {"value": {"reward_per_request": -1.0}}}  # far below anything: the hidden one wins
+    chosen = cycle._ranker_for(current, data, plain, {"value": 0.3})
+    assert chosen is not None and chosen[0].hidden_width == n_embd
+    assert cycle.state.reports["value_hidden"]["chosen"] is True
+    plain.metrics = {"ab": {"value": {"reward_per_request": 1.0}}}  # more than any: the plain one stays
+    assert cycle._ranker_for(current, data, plain, {"value": 0.3}) == (plain, {"value": 0.3})
+    remote = Cycle(
+        settings.model_copy(update={"backend": "remote"}), CycleConfig(canary_share=0.0, device="cpu")
+    )
+    assert remote._ranker_for(current, data, None, {}) is None  # no hidden states, and no plain model

@@ -97,3 +97,41 @@ def test_the_version_threshold_decides_unless_the_operator_overrides_it(
         httpx.Client(base_url=url, timeout=60) as client,
     ):
         assert not _complete(client)["abstained"]
+
+
+def test_a_value_model_that_reads_hidden_states_gets_them_from_the_decode(
+    tiny_settings, tiny_version, tmp_path
+) -> None:
+    """Its named weights are zero and the hidden states' mean is zero: every candidate would score
+    exactly 0.5 if serving did not hand it each candidate's own hidden state."""
+    import llama_cpp
+    import numpy as np
+
+    home = copy_home(tiny_settings, tmp_path)
+    registry = Registry(home / "models")
+    model = llama_cpp.llama_model_load_from_file(
+        str(tiny_version.gguf_path()).encode(), llama_cpp.llama_model_default_params()
+    )
+    width = llama_cpp.llama_model_n_embd(model)
+    llama_cpp.llama_model_free(model)
+    direction = np.random.default_rng(0).normal(size=width)
+    named = len(FEATURES)
+    hidden = ValueModel(
+        [0.0] * named + list(direction / np.linalg.norm(direction)),
+        0.0,
+        [0.0] * (named + width),
+        [1.0] * (named + width),
+        hidden_width=width,
+    )
+    version = registry.republish("v1", add=hidden.save).name
+    registry.activate(version)
+    with (
+        running_server(home, abstain_threshold=0.0, cache_entries=0) as (url, _settings, _app),
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        _wait_for(client, version)
+        reply = _complete(client, seed=5)
+        assert reply["ranker"] == "value"
+        scores = [c["score"] for c in reply["candidates"] if c["dropped"] is None]
+        assert len(scores) >= 2, "the tiny model gave one candidate: nothing to compare"
+        assert len({round(s, 6) for s in scores}) >= 2 and 0.5 not in scores

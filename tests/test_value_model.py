@@ -3,6 +3,7 @@
 import math
 import random
 
+import numpy as np
 import pytest
 
 from editloop.completion.ranker import RankContext, RankInput
@@ -244,3 +245,50 @@ def test_regularisation_is_chosen_by_cross_validation() -> None:
 def _log_loss(model: ValueModel, rows: list[ValueRow]) -> float:
     predictions = model.predict_many([r.input for r in rows])
     return -sum(math.log(p if r.label else 1 - p) for p, r in zip(predictions, rows, strict=True)) / len(rows)
+
+
+def _hidden_rows(n: int, seed: int, with_hidden: bool = True) -> list[ValueRow]:
+    """Candidates the text and log-probs cannot tell apart; the model's hidden state can (its
+    first number is what the developer will do)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        taken = bool(rng.random() < 0.3)
+        hidden = rng.normal(size=8)
+        hidden[0] += 2.0 if taken else -2.0
+        value = ValueInput(
+            "x = ", "\n", "compute(x)", [-0.5] * 3, True, hidden=hidden if with_hidden else None
+        )
+        rows.append(ValueRow(value, taken, file=f"f{i}.py", request=f"r{seed}-{i}"))
+    return rows
+
+
+def test_the_hidden_state_is_learned_saved_and_read_by_the_ranker(tmp_path) -> None:
+    model = train_value_model(_hidden_rows(300, 0))
+    assert model.hidden_width == 8 and model.wants_hidden
+    report = evaluate(model, _hidden_rows(200, 1))
+    assert report["auc"] > 0.9 and report["baseline_auc"] == 0.5
+    model.save(tmp_path)
+    loaded = ValueModel.load(tmp_path)
+    assert loaded is not None and loaded.hidden_width == 8
+    rows = _hidden_rows(20, 2)
+    assert loaded.predict_many([r.input for r in rows]) == pytest.approx(
+        model.predict_many([r.input for r in rows])
+    )
+    # A candidate without a hidden state (a codebase copy, a remote backend) reads as the average one.
+    blind = {
+        round(p, 6) for p in loaded.predict_many([r.input for r in _hidden_rows(20, 3, with_hidden=False)])
+    }
+    assert len(blind) == 1
+    ranker = ValueRanker(loaded)
+    assert ranker.wants_hidden
+    sure, unsure = np.zeros(8), np.zeros(8)
+    sure[0], unsure[0] = 2.0, -2.0
+    scores = ranker.score(
+        RankContext("x = ", "\n", "python", "line"),
+        [RankInput("compute(x)", [-0.5] * 3, True, hidden=h) for h in (unsure, sure)],
+    )
+    assert scores[1] > scores[0] + 0.5
+    # Rows of which some lack the state train a model that reads none.
+    assert train_value_model(_hidden_rows(100, 4) + _hidden_rows(100, 5, with_hidden=False)).hidden_width == 0
+    assert not ValueRanker(train_value_model(_rows(200, 0))).wants_hidden

@@ -181,6 +181,7 @@ class CompletionEngine:
             cancel=cancel,
             document=request.document_id or request.filepath,
             stretch=self.config.candidate_stretch,
+            hidden=ranking.ranker.wants_hidden,
         )
         generated = backend.generate(prompt.ids, params)
         post_started = time.perf_counter()
@@ -239,7 +240,7 @@ class CompletionEngine:
         kept = [i for i, r in enumerate(reasons) if r is None]
         valid = {i: self.syntax.check(language, request.prefix, texts[i], request.suffix) for i in kept}
         logprobs = [_kept_logprobs(g, t) for g, t in zip(generations, texts, strict=True)]
-        inputs = [RankInput(texts[i], logprobs[i], valid[i]) for i in kept]
+        inputs = [RankInput(texts[i], logprobs[i], valid[i], hidden=generations[i].hidden) for i in kept]
         samples = tuple(texts[i] for i, r in enumerate(reasons) if r in (None, "duplicate"))
         context = RankContext(request.prefix, request.suffix, language, mode, samples)
         rank_started = time.perf_counter()

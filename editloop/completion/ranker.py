@@ -12,8 +12,10 @@ model's own token log-probabilities; the learned value model implements the same
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,13 @@ class RankInput:
     parse_valid: bool | None  # None: no grammar for the language, so unknown
     source: str = "model"  # "codebase": copied from the codebase, so no log-probs
     prior: float | None = None  # a copy's share of the codebase places that continue this way
+    # The language model's last hidden state after the candidate, when the ranker asked for it.
+    hidden: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class Ranker(Protocol):
     name: str  # "logprob", "value": named in responses, events and metrics
+    wants_hidden: bool  # it reads the candidates' hidden states: the backend is asked for them
 
     def score(self, context: RankContext, candidates: list[RankInput]) -> list[float]:
         """One score in [0, 1] per candidate, in their order."""
@@ -52,6 +57,7 @@ class LogprobRanker:
     break the parse."""
 
     name = "logprob"
+    wants_hidden = False
 
     def __init__(self, parse_invalid_penalty: float = 0.5) -> None:
         if not 0.0 <= parse_invalid_penalty <= 1.0:

@@ -20,7 +20,7 @@ version's directory and ranks with :class:`ValueRanker`.
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,8 @@ class ValueInput:
     # broken left out): agreement among a model's samples says how sure it is.
     others: tuple[str, ...] = ()
     source: str = "model"  # "codebase": copied; its ``score`` is the share of the codebase that continues so
+    # The language model's last hidden state after the candidate (None: not computed, or a copy).
+    hidden: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def features(value: ValueInput, context: "CursorText | None" = None) -> list[float]:
@@ -169,12 +171,23 @@ class ValueModel:
     # before it was introduced have none).
     offset: bool = False
     l2: float | None = None  # the regularisation it was fitted with
+    # Weights past the named features read the language model's hidden state (that many numbers):
+    # valid only with the weights it was read from, so only a version of those weights carries it.
+    hidden_width: int = 0
+
+    @property
+    def wants_hidden(self) -> bool:
+        return self.hidden_width > 0
 
     def predict_many(self, inputs: list[ValueInput]) -> list[float]:
         if not inputs:
             return []
+        named = len(self.weights) - self.hidden_width
         # A model saved before a feature was appended reads the features it knows (a prefix).
-        x = (np.array([row[: len(self.weights)] for row in feature_rows(inputs)]) - self.mean) / self.scale
+        x = np.array([row[:named] for row in feature_rows(inputs)])
+        if self.hidden_width:
+            x = np.hstack([x, self._hidden(inputs, named)])
+        x = (x - self.mean) / self.scale
         z = x @ np.array(self.weights) + self.bias
         if self.offset:
             z += log_odds(np.array(logprob_ranker_scores(inputs)))
@@ -182,6 +195,15 @@ class ValueModel:
 
     def predict(self, value: ValueInput) -> float:
         return self.predict_many([value])[0]
+
+    def _hidden(self, inputs: list[ValueInput], named: int) -> np.ndarray:
+        """Each input's hidden state; one without (a copy from the codebase, a backend that reads
+        none) gets the training mean, which the model weighs as nothing."""
+        mean = np.array(self.mean[named:])
+        rows = [
+            v.hidden if v.hidden is not None and len(v.hidden) == self.hidden_width else mean for v in inputs
+        ]
+        return np.array(rows, dtype=float)
 
     def save(self, directory: Path) -> Path:
         """Write it to ``directory``; a file already there is replaced, never written into."""
@@ -215,6 +237,7 @@ class ValueRanker:
 
     def __init__(self, model: ValueModel) -> None:
         self.model = model
+        self.wants_hidden = model.wants_hidden
 
     def score(self, context: RankContext, candidates: list[RankInput]) -> list[float]:
         return self.model.predict_many(
@@ -228,6 +251,7 @@ class ValueRanker:
                     c.prior,
                     others=others_of(c.text, context.samples),
                     source=c.source,
+                    hidden=c.hidden,
                 )
                 for c in candidates
             ]

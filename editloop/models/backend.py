@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import numpy as np
+
 from editloop.models.fim import FimTemplate
 
 FinishReason = Literal["stop", "length", "cancelled", "deadline"]
@@ -35,6 +37,8 @@ class GenerationParams:
     # rounds (see alternative_limit); 0: only max_tokens bounds them. Honoured by the in-process
     # backend.
     stretch: float = 0.0
+    # Also read each candidate's last hidden state (Generation.hidden), for a ranker that learns from it.
+    hidden: bool = False
 
     def interruption(self) -> FinishReason | None:
         """Why decoding must stop now, if it must."""
@@ -75,6 +79,9 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]  # log P(token) under the model's unscaled distribution, one per token
     finish_reason: FinishReason
+    # The model's last hidden state on the candidate (the row its last token was drawn from), when
+    # asked for and the backend reads one.
+    hidden: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -190,10 +190,53 @@ class LlamaBackend:
                 self._forget_cache()
                 raise
 
+    def hidden_states(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
+        """The model's last hidden state (after its final norm) once it has read the prompt and
+        then each continuation: what the model itself "thinks" of a candidate, a feature the value
+        model can learn from. Continuations are evaluated one at a time after the prompt, which is
+        read once and stays cached as :meth:`generate` would leave it; each needs a token.
+        """
+        if any(not tokens for tokens in continuations):
+            raise ModelError("a continuation without tokens has no hidden state of its own")
+        with self._lock:
+            if not self._free.alive:
+                raise ModelError(f"model {self.version} is closed")
+            try:
+                return self._hidden_states(list(prompt_ids), continuations)
+            except BaseException:
+                self._forget_cache()
+                raise
+
     def close(self) -> None:
         with self._lock:
             self._parked.clear()
             self._free()
+
+    def _hidden_states(self, prompt: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
+        evaluated = self._eval_prompt(prompt, GenerationParams(max_tokens=1))
+        if not isinstance(evaluated, tuple):
+            raise ModelError(f"the prompt could not be evaluated ({evaluated})")
+        ctx, memory = self._native.ctx, self._native.memory
+        width = llama_cpp.llama_model_n_embd(self._native.model)
+        room = self._kv_cells - len(prompt)
+        states = []
+        # Embeddings only for these decodes: with them on, llama.cpp outputs every token of a batch,
+        # and a prompt's logits for every position would cost more than the prompt itself.
+        llama_cpp.llama_set_embeddings(ctx, True)
+        try:
+            for tokens in continuations:
+                tokens = tokens[:room]
+                for start in range(0, len(tokens), PROMPT_BATCH):
+                    chunk = tokens[start : start + PROMPT_BATCH]
+                    self._decode([(t, len(prompt) + start + j, 0, True) for j, t in enumerate(chunk)])
+                pointer = llama_cpp.llama_get_embeddings_ith(ctx, len(chunk) - 1)
+                if not pointer:
+                    raise ModelError(f"llama.cpp returned no hidden state on model {self.version}")
+                states.append(np.ctypeslib.as_array(pointer, shape=(width,)).copy())
+                llama_cpp.llama_memory_seq_rm(memory, 0, len(prompt), -1)
+        finally:
+            llama_cpp.llama_set_embeddings(ctx, False)
+        return states
 
     # -- one request -----------------------------------------------------------------------
 
@@ -440,6 +483,7 @@ class _Candidate:
     ends: list[int] = field(default_factory=list)  # len(text) after each token
     cut: int | None = None  # where a stop string begins
     finish: FinishReason | None = None
+    hidden: np.ndarray | None = None  # the hidden state of the row its last token was drawn from
     # Holds back the bytes of a character split across tokens until it is complete.
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore")
@@ -476,10 +520,12 @@ class _Candidate:
     def result(self) -> Generation:
         assert self.finish is not None
         if self.cut is None:
-            return Generation(self.text, self.tokens, self.logprobs, self.finish)
+            return Generation(self.text, self.tokens, self.logprobs, self.finish, self.hidden)
         # Keep the tokens that contribute to the text before the stop string.
         kept = bisect_left(self.ends, self.cut) + 1 if self.cut else 0
-        return Generation(self.text[: self.cut], self.tokens[:kept], self.logprobs[:kept], self.finish)
+        return Generation(
+            self.text[: self.cut], self.tokens[:kept], self.logprobs[:kept], self.finish, self.hidden
+        )
 
 
 @dataclass
@@ -515,6 +561,7 @@ class _Decoder:
         self._lse: dict[int, float] = {}
         self._argmax: dict[int, int] = {}
         self._rows: np.ndarray | None = None  # every logits row of the last step, in batch order
+        self._hidden: np.ndarray | None = None  # and its hidden states, when params.hidden
 
     @cached_property
     def base(self) -> np.ndarray:
@@ -522,6 +569,17 @@ class _Decoder:
         return self.backend._draft_base(self.prompt)
 
     def run(self, prompt_row: int) -> None:
+        if not self.params.hidden:
+            return self._run(prompt_row)
+        # Hidden states for the decode steps only (the prompt was read without): with them on,
+        # llama.cpp outputs every token of a batch, and every step's entries are outputs anyway.
+        llama_cpp.llama_set_embeddings(self.backend._native.ctx, True)
+        try:
+            return self._run(prompt_row)
+        finally:
+            llama_cpp.llama_set_embeddings(self.backend._native.ctx, False)
+
+    def _run(self, prompt_row: int) -> None:
         branches = [_Branch(0, list(self.candidates), [], self.prompt_len - 1, [prompt_row])]
         bounded = False
         while True:
@@ -606,6 +664,8 @@ class _Decoder:
             return emitted
         for j, row in enumerate(rows):
             token = self._pick(c, row)
+            if self._hidden is not None:
+                c.hidden = self._hidden[row]
             if self.backend._ends(token):
                 c.finish = "stop"
                 return emitted
@@ -629,8 +689,16 @@ class _Decoder:
         self._lse.clear()
         self._argmax.clear()
         # Every entry asked for logits, so output i is batch row i: one view for all of them.
-        pointer = llama_cpp.llama_get_logits(self.backend._native.ctx)
-        self._rows = np.ctypeslib.as_array(pointer, shape=(len(entries), self.backend._n_vocab))
+        ctx = self.backend._native.ctx
+        self._rows = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits(ctx), shape=(len(entries), self.backend._n_vocab)
+        )
+        if self.params.hidden:
+            # A copy: the next step overwrites llama.cpp's buffer, and a candidate keeps its row.
+            width = llama_cpp.llama_model_n_embd(self.backend._native.model)
+            self._hidden = np.ctypeslib.as_array(
+                llama_cpp.llama_get_embeddings(ctx), shape=(len(entries), width)
+            ).copy()
 
     def _draft(self, branch: _Branch) -> list[int]:
         """A draft for the branch that carries the greedy candidate; sampled branches draft none.

@@ -12,6 +12,7 @@ Each stage's state goes to ``runs/<cycle>/cycle.json`` (and to whoever watches t
 >>> result = run_cycle(settings, source, CycleConfig())  # doctest: +SKIP
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,12 +38,14 @@ from editloop.training.launch import Launch, launch_for, run_grpo_stage, run_sft
 from editloop.training.runtime import Device
 from editloop.training.selection import Checkpoint, Trajectory, WarmStarts, refusal, walk, warm_start
 from editloop.training.value import (
+    HiddenStates,
     calibrate_threshold,
     evaluate,
     logprob_scores,
     ranker_ab,
     top_choices,
     train_value_model,
+    with_hidden_states,
 )
 
 log = logging.getLogger(__name__)
@@ -353,9 +356,10 @@ class Cycle:
             self.state.reports["gate"] = path.reports[-1].to_dict() if path.reports else {}
             tolerance = self.config.gate.general_tolerance
             message = refusal(path, tolerance) + (f"; the next cycle continues {kept.label}" if kept else "")
-            if value_model is None:
+            ranker = self._ranker_for(current, data, value_model, thresholds)
+            if ranker is None:
                 return self._finish("rejected", message)
-            return self._publish_ranker(current, value_model, thresholds, message, notify)
+            return self._publish_ranker(current, *ranker, message, notify)
         chosen, report = checkpoints[index], path.reports[index]
         self.state.reports["gate"] = report.to_dict() | {"checkpoint": chosen.label}
         self._enter("export", f"merging {chosen.label} and exporting GGUF")
@@ -376,6 +380,39 @@ class Cycle:
         self.warm_starts.clear()
         forced = "" if report.passed else " (forced past a failed gate)"
         return self._released(version, f"published {version.name} from {chosen.label}{forced}", notify)
+
+    def _ranker_for(
+        self, current: ModelVersion, data: Dataset, plain: ValueModel | None, thresholds: dict[str, float]
+    ) -> tuple[ValueModel, dict[str, float]] | None:
+        """The value model to publish with the current weights, and its thresholds: one that also
+        reads those weights' hidden states when it beats log-prob and earns more than ``plain`` on
+        the same held-out requests, else ``plain`` (None: neither beats log-prob).
+
+        Only here: hidden states belong to the weights they were read from, and new weights would
+        read others.
+        """
+        fallback = (plain, thresholds) if plain is not None else None
+        if self.settings.backend == "remote":
+            self.state.reports["value_hidden"] = {
+                "chosen": False,
+                "reason": "a remote backend reads no hidden states",
+            }
+            return fallback
+        from editloop.completion.builder import backend_factory
+        from editloop.models.llama import LlamaBackend
+
+        self._enter("value", f"reading {current.name}'s hidden states for a value model")
+        backend = backend_factory(self.settings.model_copy(update={"max_candidates": 1}))(current)
+        try:
+            assert isinstance(backend, LlamaBackend)
+            model, hidden_thresholds, report = hidden_ranker(
+                data, backend, self._default_threshold(), self.settings.default_max_tokens
+            )
+        finally:
+            backend.close()
+        chosen = model is not None and (plain is None or _reward(model) > _reward(plain))
+        self.state.reports["value_hidden"] = report | {"chosen": chosen}
+        return (model, hidden_thresholds) if chosen and model is not None else fallback
 
     def _publish_ranker(
         self,
@@ -583,6 +620,31 @@ def rank_cost_ms(model: ValueModel, data: Dataset) -> float | None:
         model.predict_many(inputs)
         costs.append((time.perf_counter() - started) * 1000)
     return round(statistics.median(costs), 3) if costs else None
+
+
+def hidden_ranker(
+    data: Dataset, backend: HiddenStates, default: float, max_new_tokens: int
+) -> tuple[ValueModel | None, dict[str, float], dict]:
+    """The value model trained on the rows with ``backend``'s hidden states as well, judged as
+    :func:`train_value` judges (None when it does not beat log-prob), with its thresholds."""
+    started = time.perf_counter()
+    read = dataclasses.replace(
+        data,
+        value_train=with_hidden_states(data.value_train, backend, max_new_tokens),
+        value_heldout=with_hidden_states(data.value_heldout, backend, max_new_tokens),
+    )
+    seconds = round(time.perf_counter() - started, 1)
+    model, report = train_value(read, default)
+    report |= {"hidden_width": model.hidden_width if model else None, "hidden_seconds": seconds}
+    if model is None:
+        return None, {}, report
+    thresholds, report["abstain"] = calibrate(read, model, default)
+    return model, thresholds, report
+
+
+def _reward(model: ValueModel) -> float:
+    """The model's show reward per held-out request in its cycle's A/B."""
+    return float((model.metrics or {})["ab"]["value"]["reward_per_request"])
 
 
 def calibrate(data: Dataset, value: ValueModel | None, default: float) -> tuple[dict[str, float], dict]:

@@ -11,12 +11,15 @@ recorded requests, so the cycle can ask it without generating anything.
 {"rows": 120, "positives": 31, "auc": 0.81, "baseline_auc": 0.77}
 """
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from editloop.completion.prompt import PromptModel, build_prompt
 from editloop.completion.value import (
     ValueInput,
     ValueModel,
@@ -26,6 +29,13 @@ from editloop.completion.value import (
     sigmoid,
 )
 from editloop.errors import ModelError
+
+
+class HiddenStates(PromptModel, Protocol):
+    """A backend that builds prompts and reads hidden states (:class:`LlamaBackend`)."""
+
+    def hidden_states(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[np.ndarray]: ...
+
 
 # A suggestion taken whole counts as worth showing only when it saves this many non-blank characters:
 # a ")" or ":" is a prefix of almost anything typed next, and a ranker rewarded for those learns to
@@ -76,14 +86,10 @@ def train_value_model(rows: list[ValueRow], l2: float | None = None, steps: int 
     if len({r.label for r in rows}) < 2:
         raise ModelError("the value model needs both accepted and rejected candidates to learn from")
     x = np.array(feature_rows([r.input for r in rows]))
-    y = np.array([r.label for r in rows], dtype=float)
-    offset = log_odds(np.array(logprob_scores(rows)))
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-9] = 1.0
-    z = np.hstack([(x - mean) / scale, np.ones((len(rows), 1))])
-    if l2 is None:
-        l2 = _choose_l2(z, offset, y, [_fold(r, i) for i, r in enumerate(rows)], steps)
-    w = _fit(z, offset, y, l2, steps)
+    width = hidden_width(rows)
+    if width:
+        x = np.hstack([x, np.array([r.input.hidden for r in rows])])
+    w, mean, scale, l2 = _fit_correction(rows, x, l2, steps)
     return ValueModel(
         list(map(float, w[:-1])),
         float(w[-1]),
@@ -91,7 +97,55 @@ def train_value_model(rows: list[ValueRow], l2: float | None = None, steps: int 
         list(map(float, scale)),
         offset=True,
         l2=l2,
+        hidden_width=width,
     )
+
+
+def hidden_width(rows: list[ValueRow]) -> int:
+    """How many hidden-state numbers every row carries (0 when some row has none)."""
+    widths = {0 if r.input.hidden is None else len(r.input.hidden) for r in rows}
+    return widths.pop() if len(widths) == 1 else 0
+
+
+def with_hidden_states(rows: list[ValueRow], backend: HiddenStates, max_new_tokens: int) -> list[ValueRow]:
+    """The rows, each candidate given the hidden state ``backend`` has after the prompt the engine
+    would build for its request and the candidate's tokens (each prompt is read once).
+
+    The states belong to the backend's weights: a value model that reads them ranks only for a
+    version of those weights.
+    """
+    by_prompt: dict[tuple[str, str], dict[str, np.ndarray | None]] = {}
+    for row in rows:
+        by_prompt.setdefault((row.input.prefix, row.input.suffix), {})[row.input.candidate] = None
+    for (prefix, suffix), states in by_prompt.items():
+        prompt = build_prompt(backend, prefix, suffix, [], None, max_new_tokens).ids
+        texts = list(states)
+        tokens = [backend.tokenize(t) or backend.tokenize(" ") for t in texts]
+        states.update(zip(texts, backend.hidden_states(prompt, tokens), strict=True))
+    return [
+        dataclasses.replace(
+            r,
+            input=dataclasses.replace(
+                r.input, hidden=by_prompt[r.input.prefix, r.input.suffix][r.input.candidate]
+            ),
+        )
+        for r in rows
+    ]
+
+
+def _fit_correction(
+    rows: list[ValueRow], x: np.ndarray, l2: float | None = None, steps: int = 500
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Weights (bias last), the features' mean and scale, and the L2 strength of a correction to
+    the log-prob score of ``rows`` from the feature matrix ``x`` (one row per value row)."""
+    y = np.array([r.label for r in rows], dtype=float)
+    offset = log_odds(np.array(logprob_scores(rows)))
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = np.hstack([(x - mean) / scale, np.ones((len(rows), 1))])
+    if l2 is None:
+        l2 = _choose_l2(z, offset, y, [_fold(r, i) for i, r in enumerate(rows)], steps)
+    return _fit(z, offset, y, l2, steps), mean, scale, l2
 
 
 def _fit(z: np.ndarray, offset: np.ndarray, y: np.ndarray, l2: float, steps: int) -> np.ndarray:
