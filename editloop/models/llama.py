@@ -37,6 +37,8 @@ import time
 import weakref
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -180,15 +182,8 @@ class LlamaBackend:
         return ids[0] if attr & _SPECIAL_ATTRS else None
 
     def generate(self, prompt_ids: list[int], params: GenerationParams) -> GenerationResult:
-        with self._lock:
-            if not self._free.alive:
-                raise ModelError(f"model {self.version} is closed")
-            try:
-                return self._generate(list(prompt_ids), params)
-            except BaseException:
-                # A failed or interrupted decode leaves the KV in an unknown state.
-                self._forget_cache()
-                raise
+        with self._decoding():
+            return self._generate(list(prompt_ids), params)
 
     def hidden_states(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
         """The model's last hidden state (after its final norm) once it has read the prompt and
@@ -198,19 +193,26 @@ class LlamaBackend:
         """
         if any(not tokens for tokens in continuations):
             raise ModelError("a continuation without tokens has no hidden state of its own")
-        with self._lock:
-            if not self._free.alive:
-                raise ModelError(f"model {self.version} is closed")
-            try:
-                return self._hidden_states(list(prompt_ids), continuations)
-            except BaseException:
-                self._forget_cache()
-                raise
+        with self._decoding():
+            return self._hidden_states(list(prompt_ids), continuations)
 
     def close(self) -> None:
         with self._lock:
             self._parked.clear()
             self._free()
+
+    @contextmanager
+    def _decoding(self) -> Iterator[None]:
+        """The context to one caller at a time, refused once closed."""
+        with self._lock:
+            if not self._free.alive:
+                raise ModelError(f"model {self.version} is closed")
+            try:
+                yield
+            except BaseException:
+                # A failed or interrupted decode leaves the KV in an unknown state.
+                self._forget_cache()
+                raise
 
     def _hidden_states(self, prompt: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
         evaluated = self._eval_prompt(prompt, GenerationParams(max_tokens=1))
