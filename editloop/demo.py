@@ -81,9 +81,11 @@ def _replay(
 
 
 def _rankers(state) -> list[str]:
-    """The rankers a published version has: log-prob always, value when the cycle published one."""
+    """The rankers a published version has: log-prob always, value when the cycle published one
+    (the plain model, or the one reading hidden states that a ranker version may carry instead)."""
     value = state.reports.get("value") or {}
-    return ["logprob", "value"] if value.get("published") else ["logprob"]
+    hidden = state.reports.get("value_hidden") or {}
+    return ["logprob", "value"] if value.get("published") or hidden.get("chosen") else ["logprob"]
 
 
 def _token(settings: Settings) -> str | None:

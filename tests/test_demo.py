@@ -5,8 +5,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from editloop.demo import DemoOptions, plot, run_demo, table
+from editloop.demo import DemoOptions, _rankers, plot, run_demo, table
 from editloop.settings import load_settings
+from editloop.training.cycle import CycleState
 from tests.server_fixtures import copy_home
 
 
@@ -45,3 +46,14 @@ def test_demo_measures_the_held_out_split_before_and_after_a_cycle(
     png = plot(result, tmp_path / "demo.png")
     assert png.stat().st_size > 5000
     assert cycle["version"] in str(table(result).columns[0]._cells)
+
+
+def test_the_demo_compares_the_value_ranker_whichever_value_model_the_cycle_shipped() -> None:
+    def state(**reports: dict) -> CycleState:
+        return CycleState("c", reports=reports)
+
+    assert _rankers(state(value={"published": True})) == ["logprob", "value"]
+    # The plain model lost to log-prob, the one reading hidden states did not: a ranker version has it.
+    assert _rankers(state(value={"published": False}, value_hidden={"chosen": True})) == ["logprob", "value"]
+    assert _rankers(state(value={"published": False}, value_hidden={"chosen": False})) == ["logprob"]
+    assert _rankers(state()) == ["logprob"]
