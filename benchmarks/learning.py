@@ -88,10 +88,18 @@ def value_summary(reports: dict) -> dict:
     """The cycle's verdict on the value model: held-out AUC and ranker A/B against log-prob."""
     value = reports.get("value", {})
     keys = ("published", "reason", "auc", "baseline_auc", "rank_p50_ms", "ab", "train_rows", "rows")
-    thresholds = {
-        name: r.get("threshold") for name, r in reports.get("abstain", {}).items() if isinstance(r, dict)
-    }
-    return {k: value.get(k) for k in keys} | {"thresholds": thresholds}
+    summary = {k: value.get(k) for k in keys} | {"thresholds": _thresholds(reports.get("abstain", {}))}
+    # A ranker version may carry the model that also reads the weights' hidden states instead.
+    hidden = reports.get("value_hidden")
+    if hidden:
+        hidden_keys = ("chosen", "reason", "auc", "hidden_width", "hidden_seconds", "rank_p50_ms", "ab")
+        summary["hidden"] = {k: hidden.get(k) for k in hidden_keys}
+        summary["hidden"]["thresholds"] = _thresholds(hidden.get("abstain", {}))
+    return summary
+
+
+def _thresholds(abstain: dict) -> dict:
+    return {name: r.get("threshold") for name, r in abstain.items() if isinstance(r, dict)}
 
 
 def main() -> None:
