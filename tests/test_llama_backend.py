@@ -369,6 +369,12 @@ def test_hidden_states_read_a_candidate_as_one_pass_would(backend: LlamaBackend)
     assert backend.generate(prompt, GenerationParams(max_tokens=8)).generations[0] == greedy
     with pytest.raises(ModelError, match="without tokens"):
         backend.hidden_states(prompt, [[]])
+    # A prompt that fills the context leaves no room for a continuation: refused, not misread.
+    with pytest.raises(ModelError, match="exceeds the context"):
+        backend.hidden_states(prompt * (backend.n_ctx // len(prompt) + 1), [one])
+    # A continuation past the context is read up to its end.
+    long = backend.hidden_states(prompt, [one * backend.n_ctx])
+    assert long[0].shape == first.shape and np.isfinite(long[0]).all()
 
 
 def test_generate_reads_each_candidates_hidden_state_without_changing_its_text(backend: LlamaBackend) -> None:

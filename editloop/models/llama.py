@@ -215,12 +215,13 @@ class LlamaBackend:
                 raise
 
     def _hidden_states(self, prompt: list[int], continuations: list[list[int]]) -> list[np.ndarray]:
+        self._check_prompt(prompt, 1)
         evaluated = self._eval_prompt(prompt, GenerationParams(max_tokens=1))
         if not isinstance(evaluated, tuple):
             raise ModelError(f"the prompt could not be evaluated ({evaluated})")
         ctx, memory = self._native.ctx, self._native.memory
         width = llama_cpp.llama_model_n_embd(self._native.model)
-        room = self._kv_cells - len(prompt)
+        room = self.n_ctx - len(prompt)  # a continuation past the context is read up to its end
         states = []
         # Embeddings only for these decodes: with them on, llama.cpp outputs every token of a batch,
         # and a prompt's logits for every position would cost more than the prompt itself.
