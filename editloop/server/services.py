@@ -4,7 +4,7 @@ import asyncio
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -100,7 +100,7 @@ class Services:
     engine: CompletionEngine
     metrics: Metrics
     limiter: Limiter
-    dispatch: Dispatch = field(default_factory=lambda: Dispatch(0.0, 1, 1))
+    dispatch: Dispatch
     feedback: FeedbackService | None = None  # set in the lifespan once its Redis is up
 
     async def complete(self, http: Request, request: CompletionRequest, endpoint: str) -> CompletionResult:
