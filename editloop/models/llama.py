@@ -155,6 +155,7 @@ class LlamaBackend:
         self._kv_cells = llama_cpp.llama_n_ctx(self._native.ctx)
         self._spare = max_candidates  # the sequence moved chunks wait in (sequences 1.. are candidates)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._native.vocab)
+        self._n_embd = llama_cpp.llama_model_n_embd(self._native.model)
         self.cache_reuse = cache_reuse if llama_cpp.llama_memory_can_shift(self._native.memory) else 0
         self._cached: list[int] = []  # tokens whose KV sequence 0 holds, position i at index i
         self._stale: list[int] = []  # how far each has been moved by KV shifts since it was evaluated
@@ -219,27 +220,31 @@ class LlamaBackend:
         evaluated = self._eval_prompt(prompt, GenerationParams(max_tokens=1))
         if not isinstance(evaluated, tuple):
             raise ModelError(f"the prompt could not be evaluated ({evaluated})")
-        ctx, memory = self._native.ctx, self._native.memory
-        width = llama_cpp.llama_model_n_embd(self._native.model)
         room = self.n_ctx - len(prompt)  # a continuation past the context is read up to its end
         states = []
-        # Embeddings only for these decodes: with them on, llama.cpp outputs every token of a batch,
-        # and a prompt's logits for every position would cost more than the prompt itself.
-        llama_cpp.llama_set_embeddings(ctx, True)
-        try:
+        with self._hidden_outputs():
             for tokens in continuations:
                 tokens = tokens[:room]
                 for start in range(0, len(tokens), PROMPT_BATCH):
                     chunk = tokens[start : start + PROMPT_BATCH]
                     self._decode([(t, len(prompt) + start + j, 0, True) for j, t in enumerate(chunk)])
-                pointer = llama_cpp.llama_get_embeddings_ith(ctx, len(chunk) - 1)
+                pointer = llama_cpp.llama_get_embeddings_ith(self._native.ctx, len(chunk) - 1)
                 if not pointer:
                     raise ModelError(f"llama.cpp returned no hidden state on model {self.version}")
-                states.append(np.ctypeslib.as_array(pointer, shape=(width,)).copy())
-                llama_cpp.llama_memory_seq_rm(memory, 0, len(prompt), -1)
-        finally:
-            llama_cpp.llama_set_embeddings(ctx, False)
+                states.append(np.ctypeslib.as_array(pointer, shape=(self._n_embd,)).copy())
+                llama_cpp.llama_memory_seq_rm(self._native.memory, 0, len(prompt), -1)
         return states
+
+    @contextmanager
+    def _hidden_outputs(self) -> Iterator[None]:
+        """Decodes that also output hidden states. Never a prompt's: with them on, llama.cpp outputs
+        every token of a batch, and a prompt's logits at every position would cost more than the
+        prompt itself (a decode step's entries are all outputs anyway)."""
+        llama_cpp.llama_set_embeddings(self._native.ctx, True)
+        try:
+            yield
+        finally:
+            llama_cpp.llama_set_embeddings(self._native.ctx, False)
 
     # -- one request -----------------------------------------------------------------------
 
@@ -574,13 +579,8 @@ class _Decoder:
     def run(self, prompt_row: int) -> None:
         if not self.params.hidden:
             return self._run(prompt_row)
-        # Hidden states for the decode steps only (the prompt was read without): with them on,
-        # llama.cpp outputs every token of a batch, and every step's entries are outputs anyway.
-        llama_cpp.llama_set_embeddings(self.backend._native.ctx, True)
-        try:
+        with self.backend._hidden_outputs():  # the prompt was read without them
             return self._run(prompt_row)
-        finally:
-            llama_cpp.llama_set_embeddings(self.backend._native.ctx, False)
 
     def _run(self, prompt_row: int) -> None:
         branches = [_Branch(0, list(self.candidates), [], self.prompt_len - 1, [prompt_row])]
@@ -698,9 +698,8 @@ class _Decoder:
         )
         if self.params.hidden:
             # A copy: the next step overwrites llama.cpp's buffer, and a candidate keeps its row.
-            width = llama_cpp.llama_model_n_embd(self.backend._native.model)
             self._hidden = np.ctypeslib.as_array(
-                llama_cpp.llama_get_embeddings(ctx), shape=(len(entries), width)
+                llama_cpp.llama_get_embeddings(ctx), shape=(len(entries), self.backend._n_embd)
             ).copy()
 
     def _draft(self, branch: _Branch) -> list[int]:
