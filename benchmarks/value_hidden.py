@@ -1,28 +1,29 @@
-"""Does the language model's hidden state help the value model? An offline test on recorded feedback.
+"""Does the language model's hidden state help the value model? The cycle's two value models, offline.
 
-Builds the value rows of a feedback archive as a cycle does (``training/dataset.py``), gives every
-row's candidate the hidden state VERSION has after the prompt the engine would build and the
-candidate's tokens (:meth:`LlamaBackend.hidden_states`), then fits the cycle's value model with and
-without those features on the training rows and judges both on the held-out ones, next to the
-log-prob score: AUC, and the cycle's ranker A/B (each ranker's first choice per request, shown at a
-threshold calibrated on the other half of the requests, scored by the show reward).
+Builds the value rows of a feedback archive as a cycle does (``training/dataset.py``) and trains
+and judges both value models a cycle trains when it republishes VERSION's weights: the plain one
+(``train_value``) and the one that also reads VERSION's hidden state after each candidate
+(``hidden_ranker``). Each report gives held-out AUC against log-prob's and the ranker A/B (each
+ranker's first choice per request, shown at a threshold calibrated on the other half of the
+requests, scored by the show reward).
 
     python benchmarks/value_hidden.py --feedback HOME/training/feedback.jsonl --home HOME --version v4
-
-Serving does not compute the feature yet; this measures whether it is worth computing.
 """
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from editloop.models.llama import LlamaBackend
 from editloop.models.registry import Registry
+from editloop.settings import Settings
 from editloop.training import value
+from editloop.training.cycle import hidden_ranker, train_value
 from editloop.training.dataset import FeedbackArchive, build_dataset
 
-MAX_NEW_TOKENS = 48  # the prompt's room for the candidate, as a line request leaves it
+DEFAULT_THRESHOLD = 0.05
+# The prompt's room for the candidate, as a line request leaves it (and as the cycle builds it).
+MAX_NEW_TOKENS = Settings.model_fields["default_max_tokens"].default
 
 
 def main() -> None:
@@ -36,30 +37,13 @@ def main() -> None:
     args = parser.parse_args()
     value.USEFUL_CHARS = args.useful_chars
     data = build_dataset(FeedbackArchive(args.feedback).events())
-    train, heldout = data.value_train, data.value_heldout
+    _, plain = train_value(data, DEFAULT_THRESHOLD)
     backend = LlamaBackend.from_version(Registry(args.home / "models").get(args.version), max_candidates=1)
-    started = time.perf_counter()
-    hidden_train = value.with_hidden_states(train, backend, MAX_NEW_TOKENS)
-    hidden_heldout = value.with_hidden_states(heldout, backend, MAX_NEW_TOKENS)
-    seconds = time.perf_counter() - started
-    backend.close()
-    plain, hidden = value.train_value_model(train), value.train_value_model(hidden_train)
-    scores = {
-        "logprob": value.logprob_scores(heldout),
-        "value": plain.predict_many([r.input for r in heldout]),
-        "value_hidden": hidden.predict_many([r.input for r in hidden_heldout]),
-    }
-    labels = [r.label for r in heldout]
-    report = {
-        "version": args.version,
-        "useful_chars": args.useful_chars,
-        "rows": {"train": len(train), "heldout": len(heldout), "heldout_positives": sum(labels)},
-        "hidden_width": hidden.hidden_width,
-        "hidden_seconds": round(seconds, 1),
-        "l2": {"value": plain.l2, "value_hidden": hidden.l2},
-        "auc": {name: round(value.auc(s, labels) or 0.0, 4) for name, s in scores.items()},
-        "ab": value.ranker_ab(heldout, scores, 0.05),
-    }
+    try:
+        _, _, hidden = hidden_ranker(data, backend, DEFAULT_THRESHOLD, MAX_NEW_TOKENS)
+    finally:
+        backend.close()
+    report = {"version": args.version, "useful_chars": args.useful_chars, "plain": plain, "hidden": hidden}
     print(json.dumps(report, indent=2))
 
 
