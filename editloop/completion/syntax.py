@@ -20,6 +20,8 @@ from pathlib import PurePath
 
 from tree_sitter import Language, Node, Parser, Tree
 
+from editloop.models.tokens import common_prefix
+
 log = logging.getLogger(__name__)
 
 # Names editors and APIs use for a language → the one editloop uses everywhere.
@@ -194,8 +196,8 @@ class SyntaxChecker:
 
 def _edited(tree: Tree, old: bytes, new: bytes) -> Tree:
     """A copy of ``tree`` (of ``old``) told which bytes changed to make ``new``."""
-    start = _common_prefix(old, new)
-    tail = _common_prefix(old[start:][::-1], new[start:][::-1])
+    start = common_prefix(old, new)
+    tail = common_prefix(old[start:][::-1], new[start:][::-1])
     old_end, new_end = len(old) - tail, len(new) - tail
     edited = tree.copy()
     edited.edit(
@@ -207,18 +209,6 @@ def _edited(tree: Tree, old: bytes, new: bytes) -> Tree:
         new_end_point=_point(new, new_end),
     )
     return edited
-
-
-def _common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the longest common prefix, by halving (each comparison a memcmp, not a Python loop)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 def _point(source: bytes, offset: int) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The in-process backend: llama.cpp through llama-cpp-python's low-level API.
 
-Latency on editor traffic comes from four things, all here:
+Latency on editor traffic comes from five things, all here:
 
 - **KV reuse across requests.** The active document's prompt stays in sequence 0; the next prompt
   evaluates only what the cache lacks (:func:`~editloop.models.kvcache.plan_reuse`: the common
@@ -22,6 +22,9 @@ Latency on editor traffic comes from four things, all here:
   candidate keeps the drafted tokens its own sampler picks at each position, and its first own
   pick ends the run.
   Every candidate therefore emits exactly the tokens it would have emitted without drafts.
+- **Tokenizing only what is new.** The text before the cursor, a few characters longer than at the
+  last request, is tokenized from the last line start it shares with that text
+  (:class:`~editloop.models.tokens.RecentTokens`), where the vocabulary allows it.
 
 >>> backend = LlamaBackend.from_version(registry.get("current"))
 >>> result = backend.generate(prompt_ids, GenerationParams(n=4, max_tokens=32, stop=("\\n",)))
@@ -40,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Self
 
@@ -67,6 +70,7 @@ from editloop.models.fim import FimTemplate
 from editloop.models.kvcache import LruSlots, ReusePlan, plan_reuse, staleness
 from editloop.models.registry import ModelVersion
 from editloop.models.speculative import DraftPolicy, copy_rounds, draft
+from editloop.models.tokens import RecentTokens, splits_at_line_starts
 
 # KV cells reserved per sequence beyond the first. Completions are short (Tabby: 64 tokens), so
 # this covers them at a few percent more KV memory; a longer request decodes fewer candidates
@@ -162,6 +166,7 @@ class LlamaBackend:
         self._document: str | None = None  # whose prompt sequence 0 holds
         self._parked: LruSlots[str | None, _Parked] = LruSlots(cache_documents - 1)
         self._pieces: dict[int, bytes] = {}
+        self._recent = self._recent_tokens()
         self._drafts = DraftPolicy(self.draft_max)  # learns what drafting costs and earns here
         named = (*fim.eos, fim.pad, fim.file_sep)
         self._end_ids = frozenset(i for t in named if t and (i := self.special_id(t)) is not None)
@@ -443,12 +448,18 @@ class LlamaBackend:
             if known is not None:
                 self._token_cache.move_to_end(key)
                 return list(known)
-        ids = self._tokenize_native(data, special)
+        ids = self._tokenize_native(data, special) if special or self._recent is None else self._recent(data)
         with self._token_lock:
             self._token_cache[key] = ids
             if len(self._token_cache) > TOKEN_CACHE_TEXTS:
                 self._token_cache.popitem(last=False)
         return list(ids)
+
+    def _recent_tokens(self) -> RecentTokens | None:
+        """Tokenizing from a recent text's last shared line start, when this vocabulary splits there."""
+        plain = partial(self._tokenize_native, special=False)
+        piece_length = lambda token: len(self._piece(token))  # noqa: E731
+        return RecentTokens(plain, piece_length) if splits_at_line_starts(plain, piece_length) else None
 
     def _tokenize_native(self, data: bytes, special: bool) -> list[int]:
         size = len(data) + 1  # without BOS a token covers at least one byte
