@@ -13,7 +13,7 @@ import pytest
 from llama_cpp import Llama
 
 from editloop.errors import ModelError
-from editloop.models.backend import GenerationParams, alternative_limit
+from editloop.models.backend import Generation, GenerationParams, alternative_limit
 from editloop.models.llama import TOP_K, LlamaBackend, _Candidate, _sampler
 from editloop.models.registry import ModelVersion
 from editloop.models.speculative import copy_rounds
@@ -129,13 +129,20 @@ def test_candidates_sample_deterministically_around_a_greedy_first(backend: Llam
     assert [g.token_ids for g in other_seed.generations[1:]] != [g.token_ids for g in first.generations[1:]]
 
 
+def _decoded_greedy(backend: LlamaBackend, prompt: list[int], greedy: Generation) -> list[int]:
+    """The tokens the greedy candidate decoded: the one carrying its stop string too, which is cut
+    off its text and tokens but took its decode round."""
+    again = GenerationParams(n=1, max_tokens=len(greedy.token_ids) + 1)
+    return backend.generate(prompt, again).generations[0].token_ids
+
+
 def test_sampled_candidates_stop_at_the_stretch_of_the_greedy_one(backend: LlamaBackend) -> None:
     prompt = fim_prompt(backend, *SNIPPETS[1])
     free = GenerationParams(n=6, max_tokens=40, temperature=1.0, seed=3, stop=("\n",))
     bounded = dataclasses.replace(free, stretch=1.0)
     long, short = backend.generate(prompt, free), backend.generate(prompt, bounded)
     assert short.generations[0] == long.generations[0]  # the greedy candidate is never bounded
-    rounds = copy_rounds(backend._draft_base(prompt), long.generations[0].token_ids)
+    rounds = copy_rounds(backend._draft_base(prompt), _decoded_greedy(backend, prompt, long.generations[0]))
     limit = alternative_limit(rounds, bounded)
     cut = 0
     for a, b in zip(long.generations[1:], short.generations[1:], strict=True):
