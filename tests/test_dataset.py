@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from editloop.feedback.events import parse_event
 from editloop.training.dataset import DatasetConfig, FeedbackArchive, build_dataset, file_bucket
-from editloop.training.value import top_choices
+from editloop.training.value import show_outcome, top_choices
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -79,6 +79,10 @@ def test_targets_follow_what_the_developer_kept() -> None:
     labels = {r.input.candidate: r.label for r in data.value_rows}
     # A partial take is not a full accept: the value model learns what the full-accept rate counts.
     assert labels == {"return x": 1, "return y": 1, "pass": 0, "return 0": 0, "x": 0, "return abc": 0}
+    # What each shown candidate gave the developer: all of a whole take, the measured part of a
+    # partial one, nothing of a rejected one (whatever happened to the text afterwards).
+    kept = {r.input.candidate: r.kept_chars for r in data.value_rows}
+    assert kept == {"return x": 8, "return y": 8, "pass": 0, "return 0": 8, "x": 0, "return abc": 6}
     assert data.stats["samples"] == 4
 
 
@@ -114,6 +118,15 @@ def test_candidates_not_shown_are_labelled_by_what_the_developer_wrote() -> None
     # written text goes, so whether it would have been taken is unknown: no row. Dropped ones: no row.
     assert labels == {"pass": (0, True), "return -x": (1, False), "return x": (0, False)}
     assert {r.request for r in rows} == {"c1"}
+    # Not shown: as much as the replay's developer would have taken. "return x" departs from what was
+    # written after "return ", a whole token, which a partial take would have kept.
+    kept = {r.input.candidate: r.kept_chars for r in rows}
+    assert kept == {"pass": 0, "return -x": 9, "return x": 7}
+    # The A/B counts those characters for whatever a ranker shows first: "return x", a partial take.
+    decoded = [r for r in rows if r.view == 0]
+    _, [choice] = top_choices(decoded, [1.0 if r.input.candidate == "return x" else 0.0 for r in decoded])
+    outcome = show_outcome([choice], 0.5)
+    assert (outcome["shown"], outcome["full_accepts"], outcome["chars_kept"]) == (1, 0, 7)
 
 
 def test_a_request_is_also_seen_with_its_first_candidates_only() -> None:

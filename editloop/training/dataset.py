@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from editloop.completion.value import ValueInput, others_of
+from editloop.eval.replay import accepted_length
 from editloop.feedback.events import (
     AcceptedEvent,
     Candidate,
@@ -229,8 +230,10 @@ def _labelled(cid: str, story: _Story, completion: CompletionEvent) -> list[tupl
         taken: bool | None
         if shown:
             taken = _taken_whole(story, candidate.index, candidate.text)
+            kept = _kept_shown(story, candidate.index, candidate.text)
         elif candidate.dropped is None and written is not None:
             taken = would_take(candidate.text, written)
+            kept = accepted_length(normalize(candidate.text), normalize(written), partial=True)
         else:
             taken = None
         if taken is None:
@@ -253,6 +256,7 @@ def _labelled(cid: str, story: _Story, completion: CompletionEvent) -> list[tupl
             timestamp=completion.timestamp.timestamp(),
             request=cid,
             shown=shown,
+            kept_chars=kept,
         )
         out.append((candidate, row))
     return out
@@ -282,6 +286,15 @@ def _taken_whole(story: _Story, choice: int, text: str) -> bool:
     if accepted is None:
         return False
     return accepted.accepted_length is None or accepted.accepted_length >= len(text.rstrip())
+
+
+def _kept_shown(story: _Story, choice: int, text: str) -> int:
+    """Characters of a shown candidate the developer took: all of it, the part a partial accept
+    measured, or none."""
+    accepted = story.accepted.get(choice)
+    if accepted is None:
+        return 0
+    return len(text) if accepted.accepted_length is None else min(accepted.accepted_length, len(text))
 
 
 def _written(story: _Story) -> str | None:

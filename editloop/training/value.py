@@ -64,6 +64,9 @@ class ValueRow:
     request: str = ""  # the completion it was a candidate of; "": a request of its own
     shown: bool = True
     view: int = 0  # 0: the request as decoded; k: as if only its first k candidates had been
+    # Characters of it the developer kept: all of a whole take, the taken part of a partial one (as
+    # the replay's developer takes, for a candidate not shown); None where the events do not say.
+    kept_chars: int | None = None
 
     def decision(self, index: int) -> tuple[str, int]:
         """The ranker's decision this row was a candidate in: its request, in its view."""
@@ -233,11 +236,13 @@ def evaluate(model: ValueModel, rows: list[ValueRow]) -> dict:
 
 @dataclass(frozen=True)
 class Choice:
-    """What a ranker put first for one request: its score, whether it was taken whole, its size."""
+    """What a ranker put first for one request: its score, whether it was taken whole, its size, and
+    how many of its characters were kept (a partial take's too; 0 where unknown)."""
 
     score: float
     label: int
     chars: int
+    kept: int = 0
 
 
 def top_choices(rows: list[ValueRow], scores: list[float]) -> tuple[list[str], list[Choice]]:
@@ -248,7 +253,8 @@ def top_choices(rows: list[ValueRow], scores: list[float]) -> tuple[list[str], l
         key = row.decision(i)
         if key not in best or score > best[key][0]:
             best[key] = (score, row)
-    return [key[0] for key in best], [Choice(s, r.label, len(r.input.candidate)) for s, r in best.values()]
+    choices = [Choice(s, r.label, len(r.input.candidate), r.kept_chars or 0) for s, r in best.values()]
+    return [key[0] for key in best], choices
 
 
 def show_outcome(choices: list[Choice], threshold: float) -> dict:
@@ -287,6 +293,8 @@ def _outcome(shown: list[Choice], requests: int) -> dict:
         "full_accepts": len(full),
         "full_accept_rate": _round(len(full) / len(shown)) if shown else None,
         "chars_accepted": sum(c.chars for c in full),
+        # Partial takes too: what the replay's chars saved counts, where full accepts favour short lines.
+        "chars_kept": sum(c.kept for c in shown),
         "reward_per_request": _round(reward / requests) if requests else None,
     }
 
