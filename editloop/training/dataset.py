@@ -282,10 +282,7 @@ def _in_view(
 
 
 def _taken_whole(story: _Story, choice: int, text: str) -> bool:
-    accepted = story.accepted.get(choice)
-    if accepted is None:
-        return False
-    return accepted.accepted_length is None or accepted.accepted_length >= len(text.rstrip())
+    return choice in story.accepted and _kept_shown(story, choice, text) >= len(text.rstrip())
 
 
 def _kept_shown(story: _Story, choice: int, text: str) -> int:
