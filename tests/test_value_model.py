@@ -132,6 +132,34 @@ def test_the_cycle_publishes_a_value_model_only_when_it_beats_log_prob() -> None
     assert model is None and not report["published"] and "does not beat" in report["reason"]
 
 
+def _short_or_long(n: int, seed: int) -> list[ValueRow]:
+    """Per request, a short line taken whole 4 times in 10, and a long one log-prob favours that is
+    never taken whole but whose first 20 characters are always kept."""
+    rng = random.Random(seed)
+    rows = []
+    for r in range(n):
+        short = ValueInput("    ", "\n", "x = a.b", [math.log(0.3)] * 3, True)
+        long = ValueInput("    ", "\n", "x = a.compute(items, rate, total)", [math.log(0.8)] * 9, True)
+        taken = rng.random() < 0.4
+        rows.append(ValueRow(short, taken, request=f"r{r}", shown=False, kept_chars=7 if taken else 0))
+        rows.append(ValueRow(long, False, request=f"r{r}", shown=True, kept_chars=20))
+    return rows
+
+
+def test_a_value_model_that_keeps_fewer_characters_than_log_prob_is_not_published() -> None:
+    """Whole takes alone would favour the short line; the developer keeps more of the long one."""
+    from editloop.training.cycle import train_value
+    from editloop.training.dataset import Dataset
+
+    model, report = train_value(Dataset([], [], _short_or_long(300, 0), _short_or_long(150, 1), {}), 0.05)
+    value, logprob = report["ab"]["value"], report["ab"]["logprob"]
+    assert report["auc"] > report["baseline_auc"]
+    assert value["reward_per_request"] > logprob["reward_per_request"]
+    assert value["chars_kept"] < logprob["chars_kept"]
+    assert model is None and not report["published"]
+    assert f"{value['chars_kept']} characters kept against {logprob['chars_kept']}" in report["reason"]
+
+
 def test_threshold_maximises_the_expected_show_reward() -> None:
     from editloop.training.value import calibrate_threshold, expected_show_reward
 

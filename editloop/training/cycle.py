@@ -570,10 +570,12 @@ def weights_of(version: ModelVersion) -> str:
 def train_value(data: Dataset, default: float) -> tuple[ValueModel | None, dict]:
     """The value model on this cycle's rows, kept only when it ranks held-out rows better than log-prob.
 
-    Judged against the log-prob score it would replace, twice on held-out rows: AUC, and the
-    ranker A/B (:func:`~editloop.training.value.ranker_ab`: what each would have shown first, and
-    the show reward that earned). A model that does not beat log-prob on both is not published,
-    and the version ranks by log-prob.
+    Judged against the log-prob score it would replace, on held-out rows: AUC, and the ranker A/B
+    (:func:`~editloop.training.value.ranker_ab`: what each would have shown first, the show reward
+    that earned and the characters developers kept of it). A model must beat log-prob on AUC and on
+    the show reward, and keep at least as many characters: the reward counts whole takes, and a
+    model can earn it by showing short sure lines where log-prob showed long ones taken in part,
+    which saves the developer less. Otherwise it is not published and the version ranks by log-prob.
     """
     try:
         model = train_value_model(data.value_train)
@@ -593,8 +595,12 @@ def train_value(data: Dataset, default: float) -> tuple[ValueModel | None, dict]
     value, logprob = ab["value"]["reward_per_request"], ab["logprob"]["reward_per_request"]
     auc_says = f"held-out AUC {heldout['auc']} against log-prob's {heldout['baseline_auc']}"
     requests = ab["value"]["requests"]
-    ab_says = f"show reward {value:+.4f} per request against {logprob:+.4f} on {requests} requests"
-    if heldout["auc"] <= heldout["baseline_auc"] or value <= logprob:
+    kept, kept_logprob = ab["value"]["chars_kept"], ab["logprob"]["chars_kept"]
+    ab_says = (
+        f"show reward {value:+.4f} per request against {logprob:+.4f}, "
+        f"{kept} characters kept against {kept_logprob}, on {requests} requests"
+    )
+    if heldout["auc"] <= heldout["baseline_auc"] or value <= logprob or kept < kept_logprob:
         return None, report | {"published": False, "reason": f"does not beat log-prob: {auc_says}, {ab_says}"}
     model.metrics = {"heldout": heldout, "ab": ab, "train_rows": len(data.value_train)}
     return model, report | {"published": True, "reason": f"beats log-prob: {auc_says}, {ab_says}"}
