@@ -98,8 +98,10 @@ def test_drafting_never_changes_the_output(
         assert [g.finish_reason for g in with_drafts.generations] == [
             g.finish_reason for g in without.generations
         ]
+        # Tokens and texts are the claim; a batch of draft rows sums in another order than one row,
+        # so log-probs drift a little with position (0.0015 at token 39 on one CPU).
         for a, b in zip(with_drafts.generations, without.generations, strict=True):
-            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
+            assert a.logprobs == pytest.approx(b.logprobs, rel=1e-3, abs=1e-3)
         bounded += sum(g.finish_reason == "length" and len(g.token_ids) < 40 for g in without.generations)
         drafted += with_drafts.extra["drafted"]
         accepted += with_drafts.extra["accepted"]
