@@ -1,5 +1,6 @@
 """The value model: learns what the log-prob score misses, saves and loads, ranks in the engine."""
 
+import dataclasses
 import math
 import random
 
@@ -9,7 +10,7 @@ import pytest
 from editloop.completion.ranker import RankContext, RankInput
 from editloop.completion.value import CursorText, ValueInput, ValueModel, ValueRanker, context_overlap
 from editloop.errors import ModelError
-from editloop.training.value import ValueRow, auc, evaluate, train_value_model
+from editloop.training.value import ValueRow, auc, evaluate, train_blended_model, train_value_model
 
 
 def test_auc_matches_hand_computed_values() -> None:
@@ -148,10 +149,11 @@ def _short_or_long(n: int, seed: int) -> list[ValueRow]:
 
 def test_a_value_model_that_keeps_fewer_characters_than_log_prob_is_not_published() -> None:
     """Whole takes alone would favour the short line; the developer keeps more of the long one."""
-    from editloop.training.cycle import train_value
+    from editloop.training.cycle import judge_value
     from editloop.training.dataset import Dataset
 
-    model, report = train_value(Dataset([], [], _short_or_long(300, 0), _short_or_long(150, 1), {}), 0.05)
+    data = Dataset([], [], _short_or_long(300, 0), _short_or_long(150, 1), {})
+    model, report = judge_value(train_value_model(data.value_train), data, 0.05)
     value, logprob = report["ab"]["value"], report["ab"]["logprob"]
     assert report["auc"] > report["baseline_auc"]
     assert value["reward_per_request"] > logprob["reward_per_request"]
@@ -320,3 +322,82 @@ def test_the_hidden_state_is_learned_saved_and_read_by_the_ranker(tmp_path) -> N
     # Rows of which some lack the state train a model that reads none.
     assert train_value_model(_hidden_rows(100, 4) + _hidden_rows(100, 5, with_hidden=False)).hidden_width == 0
     assert not ValueRanker(train_value_model(_rows(200, 0))).wants_hidden
+
+
+def _typed(n: int, seed: int) -> list[ValueRow]:
+    """:func:`_requests` with the characters kept: all of the typed line when it was taken whole,
+    its first 16 when not (the developer types on after a partial take), none of the others."""
+    return [
+        dataclasses.replace(
+            r, kept_chars=len(r.input.candidate) if r.accepted else 16 * r.input.candidate.startswith("total")
+        )
+        for r in _requests(n, seed)
+    ]
+
+
+def _trade_offs(n: int, seed: int) -> list[ValueRow]:
+    """Per request a long line kept most (24.5 characters on average), a mid one taken whole and
+    useful most often (1 in 2), a short one taken whole most often (7 in 10, too short to be
+    useful); the log-probs favour one at random. No head alone is best at everything."""
+    rng = random.Random(seed)
+    kinds = [  # text, chance taken whole, characters kept when not
+        ("total = compute(price, count, rate)", 0.3, 20),
+        ("total = price", 0.5, 5),
+        ("x)", 0.7, 0),
+    ]
+    rows = []
+    for r in range(n):
+        favoured = rng.randrange(3)
+        for i, (text, chance, partial) in enumerate(kinds):
+            taken = rng.random() < chance
+            logprobs = [math.log(0.8 if i == favoured else 0.4)] * 3
+            value_input = ValueInput("    ", "\n", text, logprobs, True)
+            kept = len(text) if taken else partial
+            rows.append(ValueRow(value_input, taken, request=f"r{r}", shown=i == favoured, kept_chars=kept))
+    return rows
+
+
+def _ratio(ab: dict, base: dict) -> float:
+    return min(ab["whole_take_rate"] / base["whole_take_rate"], ab["chars_kept"] / base["chars_kept"])
+
+
+def test_the_blend_is_the_one_that_replays_best_against_log_prob() -> None:
+    """Among the blends that earn log-prob's show reward, the chosen one has the best worse ratio of
+    full-accept rate and characters kept to log-prob's; each head alone is one of the blends."""
+    from editloop.completion.value import blended
+    from editloop.training.value import choose_blend, ranker_ab
+
+    rows = _trade_offs(400, 0)
+    model = train_blended_model(rows, 0.05)
+    scores = model.head_scores([r.input for r in rows])
+    scores.pop("score")
+    chosen = choose_blend(rows, scores, 0.05)
+    assert chosen and set(chosen) <= set(scores) and all(e > 0 for e in chosen.values())
+    alone = {name: list(s) for name, s in scores.items()}
+    ab = ranker_ab(rows, alone | {"chosen": list(blended(scores, chosen))}, 0.05)
+    base = ab["logprob"]
+    assert ab["chosen"]["reward_per_request"] >= base["reward_per_request"]
+    for name in alone:
+        if ab[name]["reward_per_request"] >= base["reward_per_request"]:
+            assert _ratio(ab["chosen"], base) >= _ratio(ab[name], base) - 1e-9
+
+
+def test_a_blended_model_is_published_saved_and_loaded_whole(tmp_path) -> None:
+    from editloop.training.cycle import train_value
+    from editloop.training.dataset import Dataset
+
+    model, report = train_value(Dataset([], [], _typed(300, 0), _typed(150, 1), {}), 0.05)
+    assert model is not None and report["published"], report["reason"]
+    assert set(model.heads) == {"whole", "kept"} and report["blend"] == model.blend
+    value, logprob = report["ab"]["value"], report["ab"]["logprob"]
+    assert value["whole_take_rate"] >= logprob["whole_take_rate"]
+    assert value["chars_kept"] >= logprob["chars_kept"]
+    assert f"{value['whole_take_rate']:.1%} of its suggestions taken whole" in report["reason"]
+    model.save(tmp_path)
+    loaded = ValueModel.load(tmp_path)
+    assert loaded is not None and loaded.blend == model.blend and set(loaded.heads) == set(model.heads)
+    inputs = [r.input for r in _typed(20, 2)]
+    assert loaded.predict_many(inputs) == pytest.approx(model.predict_many(inputs))
+    # The blend is what it ranks by: not the label's head alone.
+    useful = loaded.head_scores(inputs)["useful"]
+    assert not np.allclose(loaded.predict_many(inputs), useful)

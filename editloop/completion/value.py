@@ -4,7 +4,9 @@ A logistic regression over features of the candidate, its context and the other 
 for the same request — the model's own token log-probabilities, and how many of its samples agree
 (self-consistency) — in the spirit of Copilot's contextual filter. It starts from the score it
 replaces: the log-odds of the log-prob ranker's score is its offset, and the weights learn only a
-correction, so with little feedback it ranks as log-prob does rather than worse. It is
+correction, so with little feedback it ranks as log-prob does rather than worse. A trained model
+carries two more heads on the same features (a take of any length, the characters kept) and ranks
+by a blend of them, itself and the log-prob score (:func:`blended`). It is
 small enough to retrain every cycle on a few hundred rows, cheap enough to score every
 candidate on the request path, and it is judged against what it replaces: the log-probability
 score alone (held-out AUC for both is reported every cycle).
@@ -174,6 +176,11 @@ class ValueModel:
     # Weights past the named features read the language model's hidden state (that many numbers):
     # valid only with the weights it was read from, so only a version of those weights carries it.
     hidden_width: int = 0
+    # Heads fitted to other targets on the same features (training.value.HEAD_TARGETS), and the
+    # exponent each score weighs in the weighted geometric mean the model ranks by: this head's
+    # as "useful", the log-prob ranker's as "logprob". Empty: this head's probability alone.
+    heads: dict[str, "ValueModel"] = field(default_factory=dict)
+    blend: dict[str, float] = field(default_factory=dict)
 
     @property
     def wants_hidden(self) -> bool:
@@ -182,16 +189,31 @@ class ValueModel:
     def predict_many(self, inputs: list[ValueInput]) -> list[float]:
         if not inputs:
             return []
+        return [float(p) for p in self.head_scores(inputs)[SCORE]]
+
+    def head_scores(self, inputs: list[ValueInput]) -> dict[str, np.ndarray]:
+        """Every head's probability for each input, the log-prob score, and the blend of them the
+        model ranks by (under :data:`SCORE`); the features are read once for all heads."""
+        rows = feature_rows(inputs)
+        logprob = np.array(logprob_ranker_scores(inputs))
+        scores = {"logprob": logprob, "useful": self._probability(inputs, rows, logprob)}
+        scores |= {name: head._probability(inputs, rows, logprob) for name, head in self.heads.items()}
+        scores[SCORE] = blended(scores, self.blend) if self.blend else scores["useful"]
+        return scores
+
+    def _probability(
+        self, inputs: list[ValueInput], rows: list[list[float]], logprob: np.ndarray
+    ) -> np.ndarray:
         named = len(self.weights) - self.hidden_width
         # A model saved before a feature was appended reads the features it knows (a prefix).
-        x = np.array([row[:named] for row in feature_rows(inputs)])
+        x = np.array([row[:named] for row in rows])
         if self.hidden_width:
             x = np.hstack([x, self._hidden(inputs, named)])
         x = (x - self.mean) / self.scale
         z = x @ np.array(self.weights) + self.bias
         if self.offset:
-            z += log_odds(np.array(logprob_ranker_scores(inputs)))
-        return [float(p) for p in sigmoid(z)]
+            z += log_odds(logprob)
+        return sigmoid(z)
 
     def predict(self, value: ValueInput) -> float:
         return self.predict_many([value])[0]
@@ -220,14 +242,19 @@ class ValueModel:
         if not path.is_file():
             return None
         try:
-            data = json.loads(path.read_text())
-            data["feature_names"] = tuple(data["feature_names"])
-            model = cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
+            model = cls._from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ModelError(f"{path} is not a value model: {exc}") from exc
-        if model.feature_names != FEATURES[: len(model.feature_names)] or not model.feature_names:
-            raise ModelError(f"{path} was trained on other features; retrain it")
+        for head in (model, *model.heads.values()):
+            if head.feature_names != FEATURES[: len(head.feature_names)] or not head.feature_names:
+                raise ModelError(f"{path} was trained on other features; retrain it")
         return model
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> "ValueModel":
+        data["feature_names"] = tuple(data["feature_names"])
+        data["heads"] = {name: cls._from_dict(head) for name, head in data.get("heads", {}).items()}
+        return cls(**data)
 
 
 class ValueRanker:
@@ -271,6 +298,21 @@ def logprob_ranker_scores(values: list[ValueInput]) -> list[float]:
     inputs = [RankInput(v.candidate, v.logprobs or [], v.parse_valid) for v in values]
     scores = LogprobRanker().score(RankContext("", "", "", ""), inputs)
     return [s if v.logprobs else v.score or 0.0 for v, s in zip(values, scores, strict=True)]
+
+
+# The key of :meth:`ValueModel.head_scores` holding the score the model ranks by.
+SCORE = "score"
+
+
+def blended(scores: dict[str, np.ndarray], blend: dict[str, float]) -> np.ndarray:
+    """The weighted geometric mean of the named scores, ``blend`` giving each one's exponent.
+
+    A product, not a sum: a candidate ranks high only when every weighed head rates it, so a
+    line sure to be taken but one character long does not outrank a longer one kept in part.
+    """
+    total = sum(blend.values())
+    log_score = sum(e * np.log(np.clip(scores[name], 1e-6, 1.0)) for name, e in blend.items() if e)
+    return np.exp(log_score / total)
 
 
 def log_odds(p: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ from editloop.training.value import (
     logprob_scores,
     ranker_ab,
     top_choices,
-    train_value_model,
+    train_blended_model,
     with_hidden_states,
 )
 
@@ -572,19 +572,28 @@ def train_value(data: Dataset, default: float) -> tuple[ValueModel | None, dict]
 
     Judged against the log-prob score it would replace, on held-out rows: AUC, and the ranker A/B
     (:func:`~editloop.training.value.ranker_ab`: what each would have shown first, the show reward
-    that earned and the characters developers kept of it). A model must beat log-prob on AUC and on
-    the show reward, and keep at least as many characters: the reward counts whole takes, and a
-    model can earn it by showing short sure lines where log-prob showed long ones taken in part,
-    which saves the developer less. Otherwise it is not published and the version ranks by log-prob.
+    that earned, the share of its suggestions taken whole and the characters developers kept). A
+    model must beat log-prob on AUC and on the show reward, and match it on both of the others
+    (the replay's full-accept rate and chars saved): the reward counts whole takes of four
+    characters or more, and a model can earn it by showing such lines where log-prob showed long
+    ones taken in part (which saves the developer less) or short ones taken whole. Otherwise it is
+    not published and the version ranks by log-prob.
     """
     try:
-        model = train_value_model(data.value_train)
+        model = train_blended_model(data.value_train, default)
     except ModelError as exc:
         return None, {"published": False, "reason": str(exc), "rows": len(data.value_rows)}
+    return judge_value(model, data, default)
+
+
+def judge_value(model: ValueModel, data: Dataset, default: float) -> tuple[ValueModel | None, dict]:
+    """``model`` when it beats log-prob on ``data``'s held-out rows as :func:`train_value` says, and
+    the report of the judgement."""
     heldout = evaluate(model, data.value_heldout)
     report = {
         "train_rows": len(data.value_train),
         "l2": model.l2,
+        "blend": model.blend,
         **heldout,
         "rank_p50_ms": rank_cost_ms(model, data),
     }
@@ -596,11 +605,14 @@ def train_value(data: Dataset, default: float) -> tuple[ValueModel | None, dict]
     auc_says = f"held-out AUC {heldout['auc']} against log-prob's {heldout['baseline_auc']}"
     requests = ab["value"]["requests"]
     kept, kept_logprob = ab["value"]["chars_kept"], ab["logprob"]["chars_kept"]
+    whole, whole_logprob = ab["value"]["whole_take_rate"] or 0.0, ab["logprob"]["whole_take_rate"] or 0.0
     ab_says = (
         f"show reward {value:+.4f} per request against {logprob:+.4f}, "
+        f"{whole:.1%} of its suggestions taken whole against {whole_logprob:.1%}, "
         f"{kept} characters kept against {kept_logprob}, on {requests} requests"
     )
-    if heldout["auc"] <= heldout["baseline_auc"] or value <= logprob or kept < kept_logprob:
+    beaten = heldout["auc"] <= heldout["baseline_auc"] or value <= logprob
+    if beaten or whole < whole_logprob or kept < kept_logprob:
         return None, report | {"published": False, "reason": f"does not beat log-prob: {auc_says}, {ab_says}"}
     model.metrics = {"heldout": heldout, "ab": ab, "train_rows": len(data.value_train)}
     return model, report | {"published": True, "reason": f"beats log-prob: {auc_says}, {ab_says}"}

@@ -13,6 +13,7 @@ recorded requests, so the cycle can ask it without generating anything.
 
 import dataclasses
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,7 @@ from editloop.completion.prompt import PromptModel, build_prompt
 from editloop.completion.value import (
     ValueInput,
     ValueModel,
+    blended,
     feature_rows,
     log_odds,
     logprob_ranker_scores,
@@ -73,10 +75,25 @@ class ValueRow:
         return (self.request or f"row-{index}", self.view)
 
     @property
+    def whole(self) -> int:
+        """Taken whole and kept, whatever its length (what the replay counts a full accept)."""
+        return int(self.accepted and (self.retained is None or self.retained >= 0.5))
+
+    @property
     def label(self) -> int:
-        kept = self.retained is None or self.retained >= 0.5
-        useful = len("".join(self.input.candidate.split())) >= USEFUL_CHARS
-        return int(self.accepted and kept and useful)
+        """Taken whole, kept, and worth showing (:data:`USEFUL_CHARS`): what the show reward pays."""
+        return int(self.whole and len("".join(self.input.candidate.split())) >= USEFUL_CHARS)
+
+
+# Targets of the heads fitted beside the label's (see :func:`train_blended_model`): a take of any
+# length, and the characters the developer kept of it, a partial take's too, in lines' worth.
+KEPT_LINE = 40
+HEAD_TARGETS = {
+    "whole": lambda r: float(r.whole),
+    "kept": lambda r: min(1.0, (r.kept_chars or 0) / KEPT_LINE),
+}
+# The exponents a blend of the log-prob score and the heads is chosen among (per score).
+BLEND_EXPONENTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def train_value_model(rows: list[ValueRow], l2: float | None = None, steps: int = 500) -> ValueModel:
@@ -86,22 +103,83 @@ def train_value_model(rows: list[ValueRow], l2: float | None = None, steps: int 
     as candidates of one request are not independent): a few hundred rows with a dozen positives
     cannot carry much correction, and a large ``l2`` shrinks it towards plain log-prob.
     """
-    if len({r.label for r in rows}) < 2:
-        raise ModelError("the value model needs both accepted and rejected candidates to learn from")
+    return _train_head(rows, _matrix(rows), np.array([r.label for r in rows], dtype=float), l2, steps)[0]
+
+
+def train_blended_model(rows: list[ValueRow], default: float, steps: int = 500) -> ValueModel:
+    """The label's head, a head for each of :data:`HEAD_TARGETS`, and the blend of them and the
+    log-prob score that ranks best on ``rows``.
+
+    One target cannot say what a developer wants: a model of whole takes of four characters or
+    more (the show reward's) learns to show short sure lines where log-prob showed long ones kept
+    in part, and one of characters kept shows long lines rarely taken whole. The blend is chosen
+    on the heads' out-of-fold scores, so it is chosen on rows no head was fitted to; a head that
+    cannot be fitted (a target of one value) leaves the label's head alone.
+    """
+    x = _matrix(rows)
+    model, useful = _train_head(rows, x, np.array([r.label for r in rows], dtype=float), None, steps)
+    scores = {"logprob": np.array(logprob_scores(rows)), "useful": useful}
+    for name, target in HEAD_TARGETS.items():
+        y = np.array([target(r) for r in rows], dtype=float)
+        if len(set(y)) < 2:
+            return model
+        model.heads[name], scores[name] = _train_head(rows, x, y, None, steps)
+    model.blend = choose_blend(rows, scores, default)
+    return model
+
+
+def choose_blend(rows: list[ValueRow], scores: dict[str, np.ndarray], default: float) -> dict[str, float]:
+    """The exponents of ``scores`` (:data:`BLEND_EXPONENTS` each) whose blend, replayed on ``rows``
+    as :func:`ranker_ab` replays, has the highest of the lower of two ratios to log-prob's: the
+    share of its suggestions taken whole (the replay's full-accept rate), and the characters
+    kept (its chars saved), among blends that earn at least log-prob's show reward; then the most
+    reward. Log-prob alone is one of the blends, so one is always found.
+    ``default``: the abstain threshold where none shows enough (:func:`calibrate_threshold`)."""
+    names = list(scores)
+    candidates = {}
+    for exponents in itertools.product(BLEND_EXPONENTS, repeat=len(names)):
+        if any(exponents):
+            top = max(exponents)  # blends that differ by a factor rank alike: judge each once
+            candidates[tuple(e / top for e in exponents)] = dict(zip(names, exponents, strict=True))
+    blends = list(candidates.values())
+    by_blend = {str(i): list(blended(scores, b)) for i, b in enumerate(blends)}
+    judged = ranker_ab(rows, by_blend | {"logprob": list(scores["logprob"])}, default)
+    base = judged["logprob"]
+
+    def merit(i: int) -> tuple[bool, float, float]:
+        ab = judged[str(i)]
+        whole = (ab["whole_take_rate"] or 0.0) / max(1e-9, base["whole_take_rate"] or 0.0)
+        ratio = min(whole, ab["chars_kept"] / max(1, base["chars_kept"]))
+        return ab["reward_per_request"] >= base["reward_per_request"], ratio, ab["reward_per_request"]
+
+    return {k: e for k, e in blends[max(range(len(blends)), key=merit)].items() if e}
+
+
+def _matrix(rows: list[ValueRow]) -> np.ndarray:
+    """The rows' features, and their hidden states where every row has one."""
     x = np.array(feature_rows([r.input for r in rows]))
-    width = hidden_width(rows)
-    if width:
+    if hidden_width(rows):
         x = np.hstack([x, np.array([r.input.hidden for r in rows])])
-    w, mean, scale, l2 = _fit_correction(rows, x, l2, steps)
-    return ValueModel(
+    return x
+
+
+def _train_head(
+    rows: list[ValueRow], x: np.ndarray, y: np.ndarray, l2: float | None, steps: int
+) -> tuple[ValueModel, np.ndarray]:
+    """A head fitted to the targets ``y`` (0 to 1) of ``rows``, and its out-of-fold scores."""
+    if len(set(y)) < 2:
+        raise ModelError("the value model needs both accepted and rejected candidates to learn from")
+    w, mean, scale, l2, out_of_fold = _fit_correction(rows, x, y, l2, steps)
+    model = ValueModel(
         list(map(float, w[:-1])),
         float(w[-1]),
         list(map(float, mean)),
         list(map(float, scale)),
         offset=True,
         l2=l2,
-        hidden_width=width,
+        hidden_width=hidden_width(rows),
     )
+    return model, out_of_fold
 
 
 def hidden_width(rows: list[ValueRow]) -> int:
@@ -137,18 +215,25 @@ def with_hidden_states(rows: list[ValueRow], backend: HiddenStates, max_new_toke
 
 
 def _fit_correction(
-    rows: list[ValueRow], x: np.ndarray, l2: float | None = None, steps: int = 500
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Weights (bias last), the features' mean and scale, and the L2 strength of a correction to
-    the log-prob score of ``rows`` from the feature matrix ``x`` (one row per value row)."""
-    y = np.array([r.label for r in rows], dtype=float)
+    rows: list[ValueRow], x: np.ndarray, y: np.ndarray, l2: float | None = None, steps: int = 500
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+    """Weights (bias last), the features' mean and scale, the L2 strength of a correction to the
+    log-prob score of ``rows`` towards ``y`` from the feature matrix ``x`` (one row per value
+    row), and each row's score from the fit on the folds without it."""
     offset = log_odds(np.array(logprob_scores(rows)))
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = np.hstack([(x - mean) / scale, np.ones((len(rows), 1))])
+    folds = np.array([_fold(r, i) for i, r in enumerate(rows)])
     if l2 is None:
-        l2 = _choose_l2(z, offset, y, [_fold(r, i) for i, r in enumerate(rows)], steps)
-    return _fit(z, offset, y, l2, steps), mean, scale, l2
+        l2 = _choose_l2(z, offset, y, folds, steps)
+    out_of_fold = sigmoid(offset)  # a fold no fit can leave out keeps the log-prob score
+    for k in range(CV_FOLDS):
+        train, test = folds != k, folds == k
+        if test.any() and len(set(y[train])) >= 2:
+            w = _fit(z[train], offset[train], y[train], l2, steps)
+            out_of_fold[test] = sigmoid(z[test] @ w + offset[test])
+    return _fit(z, offset, y, l2, steps), mean, scale, l2, out_of_fold
 
 
 def _fit(z: np.ndarray, offset: np.ndarray, y: np.ndarray, l2: float, steps: int) -> np.ndarray:
@@ -166,9 +251,8 @@ def _fit(z: np.ndarray, offset: np.ndarray, y: np.ndarray, l2: float, steps: int
     return w
 
 
-def _choose_l2(z: np.ndarray, offset: np.ndarray, y: np.ndarray, folds: list[int], steps: int) -> float:
+def _choose_l2(z: np.ndarray, offset: np.ndarray, y: np.ndarray, fold: np.ndarray, steps: int) -> float:
     """The grid's ``l2`` with the least cross-validated log loss (the largest on a tie)."""
-    fold = np.array(folds)
     losses = {}
     for l2 in L2_GRID:
         loss = 0.0
@@ -243,6 +327,7 @@ class Choice:
     label: int
     chars: int
     kept: int = 0
+    whole: int = 0  # taken whole, of any length
 
 
 def top_choices(rows: list[ValueRow], scores: list[float]) -> tuple[list[str], list[Choice]]:
@@ -253,7 +338,9 @@ def top_choices(rows: list[ValueRow], scores: list[float]) -> tuple[list[str], l
         key = row.decision(i)
         if key not in best or score > best[key][0]:
             best[key] = (score, row)
-    choices = [Choice(s, r.label, len(r.input.candidate), r.kept_chars or 0) for s, r in best.values()]
+    choices = [
+        Choice(s, r.label, len(r.input.candidate), r.kept_chars or 0, r.whole) for s, r in best.values()
+    ]
     return [key[0] for key in best], choices
 
 
@@ -292,6 +379,9 @@ def _outcome(shown: list[Choice], requests: int) -> dict:
         "shown": len(shown),
         "full_accepts": len(full),
         "full_accept_rate": _round(len(full) / len(shown)) if shown else None,
+        # Of any length, as the replay counts full accepts (full_accepts: those the reward pays).
+        "whole_takes": sum(c.whole for c in shown),
+        "whole_take_rate": _round(sum(c.whole for c in shown) / len(shown)) if shown else None,
         "chars_accepted": sum(c.chars for c in full),
         # Partial takes too: what the replay's chars saved counts, where full accepts favour short lines.
         "chars_kept": sum(c.kept for c in shown),
@@ -321,14 +411,7 @@ def calibrate_threshold(
     version that shows nothing would earn 0 and also never learn again, since nothing shown means
     no feedback. Ties go to the lower threshold (more suggestions, same reward).
     """
-    order = sorted(set(scores), reverse=True)
-    best: tuple[float, float] | None = None
-    for threshold in order:
-        if sum(s >= threshold for s in scores) < min_show_rate * len(scores):
-            continue
-        reward = expected_show_reward(scores, labels, threshold)
-        if best is None or reward >= best[1]:
-            best = (threshold, reward)
+    best = _best_threshold(np.array(scores, dtype=float), np.array(labels, dtype=float), min_show_rate)
     chosen, reward = best if best is not None else (default, expected_show_reward(scores, labels, default))
     return {
         # Rounded down: the score that set it must still clear it (serving shows at or above).
@@ -340,6 +423,26 @@ def calibrate_threshold(
         "rows": len(scores),
         "min_show_rate": min_show_rate,
     }
+
+
+def _best_threshold(
+    scores: np.ndarray, labels: np.ndarray, min_show_rate: float
+) -> tuple[float, float] | None:
+    """The threshold (a score) with the highest mean reward of showing every score at or above it,
+    the lowest on a tie, and that reward; None when none shows ``min_show_rate`` of the rows."""
+    if not len(scores):
+        return None
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    earned = np.cumsum(np.where(labels[order] > 0, SHOW_ACCEPTED, SHOW_REJECTED))
+    # Showing at threshold ranked[i] shows every row up to the last one of that score.
+    last = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
+    last = last[last + 1 >= min_show_rate * len(scores)]
+    if not len(last):
+        return None
+    rewards = earned[last]
+    i = last[np.flatnonzero(rewards == rewards.max())[-1]]
+    return float(ranked[i]), float(rewards.max() / len(scores))
 
 
 def _round(value: float | None) -> float | None:
