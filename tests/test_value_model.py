@@ -401,3 +401,11 @@ def test_a_blended_model_is_published_saved_and_loaded_whole(tmp_path) -> None:
     # The blend is what it ranks by: not the label's head alone.
     useful = loaded.head_scores(inputs)["useful"]
     assert not np.allclose(loaded.predict_many(inputs), useful)
+
+
+def test_without_characters_kept_the_label_head_ranks_alone() -> None:
+    """Rows whose events never said what was kept cannot fit the kept head: no blend, no heads."""
+    model = train_blended_model(_agreeing_rows(300, 0), 0.05)
+    assert model.heads == {} and model.blend == {}
+    inputs = [r.input for r in _agreeing_rows(20, 1)]
+    assert model.predict_many(inputs) == pytest.approx(list(model.head_scores(inputs)["useful"]))

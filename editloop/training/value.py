@@ -119,12 +119,13 @@ def train_blended_model(rows: list[ValueRow], default: float, steps: int = 500) 
     x = _matrix(rows)
     model, useful = _train_head(rows, x, np.array([r.label for r in rows], dtype=float), None, steps)
     scores = {"logprob": np.array(logprob_scores(rows)), "useful": useful}
+    heads = {}
     for name, target in HEAD_TARGETS.items():
         y = np.array([target(r) for r in rows], dtype=float)
         if len(set(y)) < 2:
             return model
-        model.heads[name], scores[name] = _train_head(rows, x, y, None, steps)
-    model.blend = choose_blend(rows, scores, default)
+        heads[name], scores[name] = _train_head(rows, x, y, None, steps)
+    model.heads, model.blend = heads, choose_blend(rows, scores, default)
     return model
 
 
