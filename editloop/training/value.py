@@ -227,13 +227,9 @@ def _fit_correction(
     z = np.hstack([(x - mean) / scale, np.ones((len(rows), 1))])
     folds = np.array([_fold(r, i) for i, r in enumerate(rows)])
     if l2 is None:
-        l2 = _choose_l2(z, offset, y, folds, steps)
-    out_of_fold = sigmoid(offset)  # a fold no fit can leave out keeps the log-prob score
-    for k in range(CV_FOLDS):
-        train, test = folds != k, folds == k
-        if test.any() and len(set(y[train])) >= 2:
-            w = _fit(z[train], offset[train], y[train], l2, steps)
-            out_of_fold[test] = sigmoid(z[test] @ w + offset[test])
+        l2, out_of_fold = _choose_l2(z, offset, y, folds, steps)
+    else:
+        out_of_fold, _ = _cross_fit(z, offset, y, folds, l2, steps)
     return _fit(z, offset, y, l2, steps), mean, scale, l2, out_of_fold
 
 
@@ -252,20 +248,34 @@ def _fit(z: np.ndarray, offset: np.ndarray, y: np.ndarray, l2: float, steps: int
     return w
 
 
-def _choose_l2(z: np.ndarray, offset: np.ndarray, y: np.ndarray, fold: np.ndarray, steps: int) -> float:
-    """The grid's ``l2`` with the least cross-validated log loss (the largest on a tie)."""
+def _choose_l2(
+    z: np.ndarray, offset: np.ndarray, y: np.ndarray, folds: np.ndarray, steps: int
+) -> tuple[float, np.ndarray]:
+    """The grid's ``l2`` with the least cross-validated log loss (the largest on a tie), and the
+    out-of-fold scores it had."""
+    fits = {l2: _cross_fit(z, offset, y, folds, l2, steps) for l2 in L2_GRID}
     losses = {}
-    for l2 in L2_GRID:
-        loss = 0.0
-        for k in range(CV_FOLDS):
-            train, test = fold != k, fold == k
-            if not test.any() or len(set(y[train])) < 2:
-                continue
-            w = _fit(z[train], offset[train], y[train], l2, steps)
-            p = np.clip(sigmoid(z[test] @ w + offset[test]), 1e-6, 1 - 1e-6)
-            loss -= float((y[test] * np.log(p) + (1 - y[test]) * np.log(1 - p)).sum())
-        losses[l2] = loss
-    return min(reversed(L2_GRID), key=lambda l2: losses[l2])
+    for l2, (scores, fitted) in fits.items():
+        p, target = np.clip(scores[fitted], 1e-6, 1 - 1e-6), y[fitted]
+        losses[l2] = -float((target * np.log(p) + (1 - target) * np.log(1 - p)).sum())
+    chosen = min(reversed(L2_GRID), key=lambda l2: losses[l2])
+    return chosen, fits[chosen][0]
+
+
+def _cross_fit(
+    z: np.ndarray, offset: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float, steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's score from the fit on the other folds, and which rows had one: a fold whose
+    complement holds one class only keeps the log-prob score."""
+    scores, fitted = sigmoid(offset), np.zeros(len(y), dtype=bool)
+    for k in range(CV_FOLDS):
+        train, test = folds != k, folds == k
+        if test.any() and len(set(y[train])) >= 2:
+            scores[test] = sigmoid(
+                z[test] @ _fit(z[train], offset[train], y[train], l2, steps) + offset[test]
+            )
+            fitted |= test
+    return scores, fitted
 
 
 def _fold(row: ValueRow, index: int) -> int:
@@ -374,6 +384,7 @@ def ranker_ab(rows: list[ValueRow], scores: dict[str, list[float]], default: flo
 
 def _outcome(shown: list[Choice], requests: int) -> dict:
     full = [c for c in shown if c.label]
+    whole = sum(c.whole for c in shown)
     reward = sum(SHOW_ACCEPTED if c.label else SHOW_REJECTED for c in shown)
     return {
         "requests": requests,
@@ -381,8 +392,8 @@ def _outcome(shown: list[Choice], requests: int) -> dict:
         "full_accepts": len(full),
         "full_accept_rate": _round(len(full) / len(shown)) if shown else None,
         # Of any length, as the replay counts full accepts (full_accepts: those the reward pays).
-        "whole_takes": sum(c.whole for c in shown),
-        "whole_take_rate": _round(sum(c.whole for c in shown) / len(shown)) if shown else None,
+        "whole_takes": whole,
+        "whole_take_rate": _round(whole / len(shown)) if shown else None,
         "chars_accepted": sum(c.chars for c in full),
         # Partial takes too: what the replay's chars saved counts, where full accepts favour short lines.
         "chars_kept": sum(c.kept for c in shown),
